@@ -1,0 +1,31 @@
+# Everything a fresh machine needs: `make demo` runs the MNIST study end to end,
+# `make test` runs the test suite. Both create .venv and install camlib on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The offline MNIST copy beside the checkout when present; otherwise download to data/.
+DATA ?= $(if $(wildcard ../shared/mnist/MNIST/raw),../shared/mnist,data)
+OUT ?= runs/mnist
+
+.PHONY: demo test lint docs bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev,docs]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m examples.mnist --data-root $(DATA) --out $(OUT)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict
+
+clean:
+	rm -rf $(VENV) site build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,148 @@
+"""Finding the layer to explain: by dotted name, by module object, or automatically.
+
+The automatic choice runs one probe forward pass on (the first image of) the real
+input, so it works for any input shape: 1x28x28 digits as well as 3x224x224 photos.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import LayerError
+
+logger = logging.getLogger("camlib")
+
+LayerSpec = str | nn.Module | None
+"""What users may pass as ``target_layer``: a dotted name, a module, or ``"auto"``/``None``."""
+
+_INDEX = re.compile(r"\[(-?\d+)\]")
+
+
+def _normalise_name(name: str) -> str:
+    """Accept ``features[28]`` and ``layer4[1].conv2`` as well as the dotted form."""
+    return _INDEX.sub(r".\1", name.strip()).strip(".")
+
+
+def layer_name(model: nn.Module, layer: nn.Module) -> str:
+    """The dotted name of ``layer`` inside ``model`` (``""`` for the model itself)."""
+    for name, module in model.named_modules():
+        if module is layer:
+            return name
+    raise LayerError(
+        f"the module {type(layer).__name__} passed as target_layer is not part of the model "
+        f"{type(model).__name__}; pass one of its submodules or a name such as "
+        f"{_example_names(model)}"
+    )
+
+
+def _example_names(model: nn.Module, k: int = 3) -> str:
+    names = [n for n, _ in model.named_children()][:k]
+    return ", ".join(repr(n) for n in names) or "'<model has no submodules>'"
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
+    """Return the submodule of ``model`` named by ``layer``.
+
+    Args:
+        model: the network.
+        layer: a dotted path as listed by ``model.named_modules()`` (``"layer4.1.conv2"``,
+            ``"features.28"``; ``"features[28]"`` is accepted too) or a module of ``model``.
+
+    Raises:
+        LayerError: the name does not exist (the message suggests the closest real names
+            and lists the model's top-level children) or the module is not in ``model``.
+    """
+    if isinstance(layer, nn.Module):
+        layer_name(model, layer)  # raises if foreign
+        return layer
+    if not isinstance(layer, str):
+        raise LayerError(
+            f"target_layer must be a layer name (str), an nn.Module of the model, or 'auto'; "
+            f"got {type(layer).__name__}"
+        )
+    name = _normalise_name(layer)
+    modules = dict(model.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    names = [n for n in modules if n]
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    children = [f"{n} ({type(m).__name__})" for n, m in model.named_children()]
+    hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
+    raise LayerError(
+        f"no layer named {layer!r} in {type(model).__name__}.{hint} "
+        f"Top-level children: {', '.join(children) or '(none)'}. "
+        f"Use dotted names from model.named_modules(), e.g. 'layer4.1.conv2' or 'features.28'."
+    )
+
+
+@dataclass
+class _Call:
+    name: str
+    order: int
+    spatial: bool
+    passthrough: bool  # returns its input (Identity, eval Dropout) or only resamples it
+
+
+@dataclass
+class LayerProbe:
+    """What one probe forward pass saw: modules in completion order and how often each ran."""
+
+    calls: list[_Call] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _is_spatial(t: object) -> bool:
+    return isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[2] * t.shape[3] > 1
+
+
+def probe_layers(model: nn.Module, inputs: torch.Tensor) -> LayerProbe:
+    """Run one no-grad forward on ``inputs`` recording every module's output, in order."""
+    probe = LayerProbe()
+
+    def hook(name: str):
+        def record(module: nn.Module, args: tuple, output: object) -> None:
+            probe.counts[name] = probe.counts.get(name, 0) + 1
+            first = args[0] if args else None
+            # A head's adaptive pool only resamples the previous map (VGG's 7x7 pool).
+            resample = isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
+            probe.calls.append(
+                _Call(name, len(probe.calls), _is_spatial(output), output is first or resample)
+            )
+
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return probe
+
+
+def find_target_layer(model: nn.Module, inputs: torch.Tensor) -> str:
+    """Name of the layer ``"auto"`` picks for ``inputs``.
+
+    The last module, in execution order, whose output is an (N, C, h, w) tensor with
+    h*w > 1, skipping modules that run more than once per forward and modules that
+    only pass their input through or resample it (``Identity``, eval-mode ``Dropout``,
+    adaptive pooling). A container that returns its last child's tensor completes
+    after that child, so the container is chosen (``layer4`` on ResNets).
+    """
+    # One image is enough in eval mode; in training mode BatchNorm needs the real batch.
+    probe = probe_layers(model, inputs if model.training else inputs[:1])
+    for call in reversed(probe.calls):
+        if call.spatial and not call.passthrough and probe.counts[call.name] == 1:
+            return call.name
+    raise LayerError(
+        f"could not find a layer of {type(model).__name__} with an (N, C, h, w) output and "
+        f"h*w > 1 for inputs of shape {tuple(inputs.shape)}; name the layer explicitly "
+        f"(top-level children: {_example_names(model, 10)})"
+    )

@@ -1,0 +1,1 @@
+"""Metrics for explanations (filled in by the MNIST issue)."""
