@@ -1,0 +1,132 @@
+"""Shared test models and the model-state snapshot used to check camlib leaves models alone."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+class SmallConvNet(nn.Module):
+    """MNIST-style ConvNet with module ReLUs (one in-place) and a GAP + linear head."""
+
+    def __init__(self, in_ch: int = 1, classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, 8, 3, padding=1)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.relu3 = nn.ReLU(inplace=True)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu1(self.conv1(x))
+        x = self.pool(self.relu2(self.conv2(x)))
+        x = self.relu3(self.conv3(x))
+        return self.fc(self.gap(x).flatten(1))
+
+
+class FunctionalConvNet(SmallConvNet):
+    """The same network written with functional ReLUs (F.relu, torch.relu, Tensor.relu_)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x), inplace=True)
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = self.conv3(x).relu_()
+        return self.fc(self.gap(x).flatten(1))
+
+
+def twin(model: SmallConvNet) -> FunctionalConvNet:
+    """A FunctionalConvNet with the very same weights as ``model``."""
+    other = FunctionalConvNet(model.conv1.in_channels, model.fc.out_features)
+    other.load_state_dict(model.state_dict())
+    return other.train(model.training)
+
+
+def count_hooks(model: nn.Module) -> int:
+    """Every hook registered on every module of ``model`` (forward, pre, backward, state-dict)."""
+    total = 0
+    for m in model.modules():
+        for attr in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_state_dict_hooks",
+            "_load_state_dict_pre_hooks",
+        ):
+            total += len(getattr(m, attr, {}))
+    return total
+
+
+def count_global_hooks() -> int:
+    """Hooks registered globally with ``torch.nn.modules.module.register_module_*``."""
+    import torch.nn.modules.module as mm
+
+    names = [n for n in dir(mm) if n.startswith("_global_") and n.endswith("_hooks")]
+    return sum(len(getattr(mm, n)) for n in names)
+
+
+@dataclass
+class ModelState:
+    """Everything camlib promises not to change about a model."""
+
+    modules: list[tuple[str, int, type]]
+    training: list[bool]
+    requires_grad: list[bool]
+    grads: list[torch.Tensor | None]
+    hooks: int
+    global_hooks: int
+    state: dict[str, torch.Tensor]
+    inplace: list[bool]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> ModelState:
+        return cls(
+            modules=[(n, id(m), type(m)) for n, m in model.named_modules()],
+            training=[m.training for m in model.modules()],
+            requires_grad=[p.requires_grad for p in model.parameters()],
+            grads=[None if p.grad is None else p.grad.clone() for p in model.parameters()],
+            hooks=count_hooks(model),
+            global_hooks=count_global_hooks(),
+            state=copy.deepcopy(model.state_dict()),
+            inplace=[getattr(m, "inplace", None) for m in model.modules()],
+        )
+
+    def assert_unchanged(self, model: nn.Module) -> None:
+        now = ModelState.of(model)
+        assert now.modules == self.modules, "modules were replaced"
+        assert now.training == self.training, "train/eval mode changed"
+        assert now.requires_grad == self.requires_grad, "requires_grad changed"
+        assert now.hooks == self.hooks, f"hooks: {self.hooks} before, {now.hooks} after"
+        assert now.global_hooks == self.global_hooks, "global hooks changed"
+        assert now.inplace == self.inplace, "inplace flags changed"
+        for before, after in zip(self.grads, now.grads):
+            if before is None:
+                assert after is None, ".grad was written"
+            else:
+                assert after is not None and torch.equal(before, after), ".grad changed"
+        assert now.state.keys() == self.state.keys()
+        for k, v in self.state.items():
+            assert torch.equal(v, now.state[k]), f"state_dict entry {k} changed"
+
+
+@pytest.fixture
+def small_net() -> SmallConvNet:
+    torch.manual_seed(0)
+    return SmallConvNet().eval()
+
+
+@pytest.fixture
+def digits() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(4, 1, 28, 28)
