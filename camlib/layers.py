@@ -105,19 +105,35 @@ def probe_layers(model: nn.Module, inputs: torch.Tensor) -> LayerProbe:
     """Run one no-grad forward on ``inputs`` recording every module's output, in order."""
     probe = LayerProbe()
 
+    versions: dict[str, list[int]] = {}
+
+    def pre_hook(name: str):
+        def remember(module: nn.Module, args: tuple) -> None:
+            first = args[0] if args else None
+            version = first._version if isinstance(first, torch.Tensor) else -1
+            versions.setdefault(name, []).append(version)
+
+        return remember
+
     def hook(name: str):
         def record(module: nn.Module, args: tuple, output: object) -> None:
             probe.counts[name] = probe.counts.get(name, 0) + 1
             first = args[0] if args else None
+            version = versions[name].pop()
+            # Identity / eval Dropout hand back their input untouched (an in-place ReLU
+            # hands it back modified: its version moved, so it is a real layer).
+            untouched = output is first and isinstance(first, torch.Tensor) and first._version == version
             # A head's adaptive pool only resamples the previous map (VGG's 7x7 pool).
             resample = isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
             probe.calls.append(
-                _Call(name, len(probe.calls), _is_spatial(output), output is first or resample)
+                _Call(name, len(probe.calls), _is_spatial(output), untouched or resample)
             )
 
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    named = [(n, m) for n, m in model.named_modules() if n]
+    handles = [m.register_forward_pre_hook(pre_hook(n)) for n, m in named]
+    handles += [m.register_forward_hook(hook(n)) for n, m in named]
     try:
         with torch.no_grad():
             model(inputs)
