@@ -61,8 +61,9 @@ class GuidedGradCAM(_SignedInputMap):
     def attribute(self, inputs: torch.Tensor, targets: Targets) -> torch.Tensor:
         switch = GuideSwitch(guided=False)
         cap = self.forward(inputs, targets, graph="from_input", guide=switch)
+        activation = self.feature_map(cap.activation)  # checks the shape before any backward
         grad = self.gradient(cap.scores, cap.activation, retain_graph=True)
-        cam = gradcam_map(self.feature_map(cap.activation), self.feature_map(grad))
+        cam = gradcam_map(activation, self.feature_map(grad))
         switch.guided = True
         guided = self.gradient(cap.scores, cap.inputs)
         return guided * upsample(cam, (inputs.shape[-2], inputs.shape[-1]))[:, None]
