@@ -149,10 +149,17 @@ class Explainer:
                 "will be updated and dropout is active. Call model.eval() before explaining.",
                 stacklevel=2,
             )
-        if self._auto:
-            self._pick_layer(inputs)
-        raw = self.attribute(inputs, targets)
-        return self.postprocess(raw, (inputs.shape[-2], inputs.shape[-1]), upsample, normalize)
+        # Gradients are needed whatever the caller's mode (torch.no_grad(), inference_mode);
+        # the caller's mode is back on return, and the maps carry no autograd history.
+        with torch.inference_mode(False), torch.enable_grad():
+            if inputs.is_inference():  # made under torch.inference_mode(): copy out
+                inputs = inputs.clone()
+            if self._auto:
+                self._pick_layer(inputs)
+            raw = self.attribute(inputs, targets)
+        with torch.no_grad():
+            size = (inputs.shape[-2], inputs.shape[-1])
+            return self.postprocess(raw.detach(), size, upsample, normalize)
 
     def attribute(self, inputs: torch.Tensor, targets: Targets) -> torch.Tensor:
         """Raw maps for a checked batch on the model's device. Implemented by each method."""

@@ -104,8 +104,6 @@ def run_forward(
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode(False))
-            if inputs.is_inference():  # made under torch.inference_mode(): copy out
-                inputs = inputs.clone()
             if graph == "from_input":
                 stack.enter_context(torch.enable_grad())
                 inputs = inputs.detach().requires_grad_(True)

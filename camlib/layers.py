@@ -135,8 +135,8 @@ def probe_layers(model: nn.Module, inputs: torch.Tensor) -> LayerProbe:
     handles = [m.register_forward_pre_hook(pre_hook(n)) for n, m in named]
     handles += [m.register_forward_hook(hook(n)) for n, m in named]
     try:
-        with torch.no_grad():
-            model(inputs)
+        with torch.inference_mode(False), torch.no_grad():
+            model(inputs.clone() if inputs.is_inference() else inputs)
     finally:
         for h in handles:
             h.remove()

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 import camlib
+
 from conftest import ModelState
 
 

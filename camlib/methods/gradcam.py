@@ -28,6 +28,6 @@ class GradCAM(Explainer):
 
     def attribute(self, inputs: torch.Tensor, targets: Targets) -> torch.Tensor:
         cap = self.forward(inputs, targets, graph="from_layer")
-        activation = self.feature_map(cap.activation)  # checks the shape before any backward
+        activation = self.feature_map(cap.activation.detach())  # shape checked before backward
         grad = self.gradient(cap.scores, cap.activation)
         return gradcam_map(activation, self.feature_map(grad))

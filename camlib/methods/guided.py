@@ -61,7 +61,7 @@ class GuidedGradCAM(_SignedInputMap):
     def attribute(self, inputs: torch.Tensor, targets: Targets) -> torch.Tensor:
         switch = GuideSwitch(guided=False)
         cap = self.forward(inputs, targets, graph="from_input", guide=switch)
-        activation = self.feature_map(cap.activation)  # checks the shape before any backward
+        activation = self.feature_map(cap.activation.detach())  # shape checked before backward
         grad = self.gradient(cap.scores, cap.activation, retain_graph=True)
         cam = gradcam_map(activation, self.feature_map(grad))
         switch.guided = True
