@@ -110,7 +110,7 @@ class ModelState:
         assert now.hooks == self.hooks, f"hooks: {self.hooks} before, {now.hooks} after"
         assert now.global_hooks == self.global_hooks, "global hooks changed"
         assert now.inplace == self.inplace, "inplace flags changed"
-        for before, after in zip(self.grads, now.grads):
+        for before, after in zip(self.grads, now.grads, strict=True):
             if before is None:
                 assert after is None, ".grad was written"
             else:

@@ -80,7 +80,7 @@ class CAM(Explainer):
             )
         w = weight[cap.classes].to(act.dtype)  # (N, C)
         maps = torch.einsum("nc,nchw->nhw", w, act)
-        self._check_head(maps, bias, cap, name)
+        self._check_head(maps, act, w, bias, cap, name)
         return torch.relu(maps)
 
     def _classifier(self, channels: int, output: object) -> tuple[nn.Module, str]:
@@ -99,18 +99,26 @@ class CAM(Explainer):
             )
         return found
 
-    def _check_head(self, maps: torch.Tensor, bias: torch.Tensor | None, cap, name: str) -> None:
-        """Check y^c == mean_ij(sum_k w_k^c A^k_ij) + b^c, i.e. that the head is GAP + linear."""
+    def _check_head(
+        self, maps: torch.Tensor, act: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+        cap, name: str,
+    ) -> None:
+        """Check y^c == mean_ij(sum_k w_k^c A^k_ij) + b^c, i.e. that the head is GAP + linear.
+
+        The tolerance scales with the size of the terms being summed,
+        mean_ij(sum_k |w_k^c A^k_ij|) + |b^c|, so it holds for tiny and huge logits alike.
+        """
         implied = maps.mean(dim=(1, 2))
+        size = torch.einsum("nc,nc->n", w.abs(), act.abs().mean(dim=(2, 3)))
         if bias is not None:
             implied = implied + bias[cap.classes].to(implied.dtype)
-        scores = cap.scores.to(implied.dtype)
-        tol = 1e-4 * (1.0 + float(scores.abs().max()))
-        gap = float((implied - scores).abs().max())
-        if not gap <= tol:
+            size = size + bias[cap.classes].abs().to(size.dtype)
+        gap = (implied - cap.scores.to(implied.dtype)).abs()
+        if not bool((gap <= 1e-4 * size + torch.finfo(size.dtype).tiny).all()):
+            worst = float((gap / size.clamp_min(torch.finfo(size.dtype).tiny)).max())
             raise LayerError(
                 f"CAM needs logits y = fc(global_avg_pool(A)) with A the output of layer "
                 f"{self.layer_name!r} and fc = {name!r}, but the model's scores differ from that by "
-                f"up to {gap:.3g}. The head is not global-average-pooling + linear (or the layer "
-                f"is not the last feature map); use GradCAM, which works for any head."
+                f"up to {worst:.3g} of their size. The head is not global-average-pooling + linear "
+                f"(or the layer is not the last feature map); use GradCAM, which works for any head."
             )
