@@ -6,14 +6,15 @@ over images. They work on any maps, from camlib or elsewhere.
 
 Conventions:
 
-* ``maps`` are (N, H, W) saliency maps; larger means more important. Their scale does
-  not matter (only their order or their maximum is used).
+* ``maps`` are (N, H, W) saliency maps; larger means more important. Every metric here
+  is unchanged when a map is multiplied by a positive number.
 * ``boxes`` are (N, 4) integer tensors ``x0, y0, x1, y1`` in pixels with **exclusive**
   upper bounds, as in slicing: the box covers ``image[y0:y1, x0:x1]``.
 * ``size`` is ``(H, W)``.
 
 Localisation: :func:`pointing_game`, :func:`box_area_fraction` (the hit rate of a random
-point), :func:`boxes_from_masks`.
+point), :func:`box_energy_fraction` (the share of the map inside the box),
+:func:`boxes_from_masks`.
 
 Sanity (Adebayo et al., 2018, "Sanity Checks for Saliency Maps"):
 :func:`rank_correlation` (Spearman, per image) between the maps of a trained model and of
@@ -39,6 +40,7 @@ __all__ = [
     "auc",
     "average_ranks",
     "box_area_fraction",
+    "box_energy_fraction",
     "boxes_from_masks",
     "deletion_curve",
     "gaussian_blur",
@@ -134,6 +136,43 @@ def box_area_fraction(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     return (area / (h * w)).to(torch.get_default_dtype())
 
 
+def box_energy_fraction(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    r"""Share of each map's mass that lies inside its box (the "energy-based pointing game"
+    of Wang et al., 2020, Score-CAM).
+
+    .. math::
+        E_n = \frac{\sum_{(i, j) \in B_n} M^+_n[i, j]}{\sum_{i, j} M^+_n[i, j]},
+        \qquad M^+ = \max(M, 0)
+
+    Unlike :func:`pointing_game` it credits a map for *all* of its mass, not only its
+    peak; a map spread uniformly scores :func:`box_area_fraction`. A map with no positive
+    mass gives NaN.
+
+    Args:
+        maps: (N, H, W) maps (negative values are ignored).
+        boxes: (N, 4) ``x0, y0, x1, y1`` in pixels, upper bounds exclusive.
+
+    Returns:
+        (N,) float tensor in [0, 1] (NaN for all-zero maps).
+    """
+    _check_maps(maps)
+    _check_boxes(boxes, maps.shape[0])
+    _, h, w = maps.shape
+    b = boxes.to(device=maps.device, dtype=torch.long)
+    ys = torch.arange(h, device=maps.device)[None, :, None]
+    xs = torch.arange(w, device=maps.device)[None, None, :]
+    inside = (
+        (xs >= b[:, 0, None, None])
+        & (xs < b[:, 2, None, None])
+        & (ys >= b[:, 1, None, None])
+        & (ys < b[:, 3, None, None])
+    )
+    pos = maps.clamp_min(0)
+    total = pos.sum(dim=(1, 2))
+    share = (pos * inside).sum(dim=(1, 2)) / total.clamp_min(torch.finfo(pos.dtype).tiny)
+    return torch.where(total > 0, share, torch.nan)
+
+
 def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
     """Tight bounding box of each (N, H, W) mask, as (N, 4) ``x0, y0, x1, y1`` (exclusive).
 
@@ -224,7 +263,9 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         (N,) float64 tensor in [-1, 1] (NaN for constant maps).
     """
     if a.shape != b.shape:
-        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if a.dim() < 2:
         raise ValueError(f"expected (N, ...) batches of maps, got shape {tuple(a.shape)}")
     ra = average_ranks(a.flatten(1))
@@ -399,7 +440,9 @@ def auc(curve: torch.Tensor) -> torch.Tensor:
     return (curve.sum(dim=-1) - 0.5 * (curve[..., 0] + curve[..., -1])) / k
 
 
-def gaussian_blur(inputs: torch.Tensor, sigma: float, kernel_size: int | None = None) -> torch.Tensor:
+def gaussian_blur(
+    inputs: torch.Tensor, sigma: float, kernel_size: int | None = None
+) -> torch.Tensor:
     r"""Blur (N, C, H, W) images with a separable Gaussian, reflecting at the borders.
 
     Kernel :math:`g(u) \propto \exp(-u^2 / 2\sigma^2)` for :math:`|u| \le r`, normalised
