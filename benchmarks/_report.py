@@ -1,0 +1,609 @@
+"""Goals, Markdown table, console summary and plots for ``benchmarks/throughput.py``."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+MEM_FLOOR_MIB = 16.0
+"""Memory goals are judged only where the no-grad forward needs at least this much: below
+it (MNIST) the resident-memory figures are page- and allocator-granular noise."""
+
+RESNETS = ("resnet18", "resnet50")
+
+NOISY = 1.25
+"""A ratio whose rounds spread by more than this factor is flagged as noisy."""
+
+# (id, statement, numerator, denominator, what, limit, models or None for all)
+#   what = "ratio_max": the worst (largest) per-config median of t_num / t_den must be <= limit
+#          "speedup_min": the worst (smallest) per-config median of t_num / t_den must be >= limit
+#          "mem_max": the largest per-config peak_num / peak_den must be <= limit
+GOALS = [
+    (
+        "time-lb",
+        "camlib Grad-CAM time <= 1.05x the lower bound (every model, batch, resolution)",
+        "camlib_gradcam",
+        "lower_bound",
+        "ratio_max",
+        1.05,
+        None,
+    ),
+    (
+        "pgc-resnet",
+        "camlib Grad-CAM >= 3x faster than pytorch-grad-cam on the ResNets",
+        "pgc_gradcam",
+        "camlib_gradcam",
+        "speedup_min",
+        3.0,
+        RESNETS,
+    ),
+    (
+        "pgc-mnist",
+        "camlib Grad-CAM >= 2x faster than pytorch-grad-cam on the MNIST net",
+        "pgc_gradcam",
+        "camlib_gradcam",
+        "speedup_min",
+        2.0,
+        ("mnist",),
+    ),
+    (
+        "captum-e2e",
+        "camlib Grad-CAM faster than Captum end to end (Captum also finds the top class)",
+        "captum_gradcam_top",
+        "camlib_gradcam",
+        "speedup_min",
+        1.0,
+        None,
+    ),
+    (
+        "captum-given",
+        "(info) camlib Grad-CAM faster than Captum even when Captum is given the classes",
+        "captum_gradcam",
+        "camlib_gradcam",
+        "speedup_min",
+        1.0,
+        None,
+    ),
+    (
+        "torchcam",
+        "camlib Grad-CAM not slower than torchcam",
+        "camlib_gradcam",
+        "torchcam_gradcam",
+        "ratio_max",
+        1.0,
+        None,
+    ),
+    (
+        "mem-gradcam",
+        f"camlib Grad-CAM peak memory <= 1.25x a no-grad forward (where that is >= {MEM_FLOOR_MIB:.0f} MiB)",
+        "camlib_gradcam",
+        "nograd_forward",
+        "mem_max",
+        1.25,
+        None,
+    ),
+    (
+        "mem-cam",
+        f"camlib CAM peak memory <= 1.25x a no-grad forward (where that is >= {MEM_FLOOR_MIB:.0f} MiB)",
+        "camlib_cam",
+        "nograd_forward",
+        "mem_max",
+        1.25,
+        None,
+    ),
+    (
+        "moon-time",
+        "moonshot: camlib Grad-CAM time within 10% of a no-grad forward",
+        "camlib_gradcam",
+        "nograd_forward",
+        "ratio_max",
+        1.10,
+        None,
+    ),
+    (
+        "moon-mem",
+        f"moonshot: camlib Grad-CAM peak memory within 10% of a no-grad forward (where that is >= {MEM_FLOOR_MIB:.0f} MiB)",
+        "camlib_gradcam",
+        "nograd_forward",
+        "mem_max",
+        1.10,
+        None,
+    ),
+    (
+        "guided",
+        "camlib Guided Grad-CAM >= 1.3x faster than Captum's GuidedGradCam",
+        "captum_guided_gradcam",
+        "camlib_guided_gradcam",
+        "speedup_min",
+        1.3,
+        None,
+    ),
+]
+
+# plotting order and style
+STYLE = {
+    "lower_bound": ("black", "-", "o"),
+    "nograd_forward": ("0.55", "-", "s"),
+    "camlib_gradcam": ("tab:blue", "-", "o"),
+    "camlib_cam": ("tab:cyan", "-", "^"),
+    "camlib_guided_gradcam": ("tab:purple", "-", "D"),
+    "pgc_gradcam": ("tab:red", "--", "v"),
+    "captum_gradcam": ("tab:orange", "--", "<"),
+    "captum_gradcam_top": ("tab:brown", "--", ">"),
+    "torchcam_gradcam": ("tab:green", "--", "P"),
+    "captum_guided_gradcam": ("tab:pink", "--", "X"),
+}
+
+
+def _cfg_name(cfg: dict) -> str:
+    return f"{cfg['model']}@{cfg['resolution']} batch {cfg['batch']}"
+
+
+def pair_ratio(cfg: dict, num: str, den: str) -> dict | None:
+    """Median (min, max) over rounds of the per-round time ratio t_num / t_den."""
+    rows = cfg["contenders"]
+    if num not in rows or den not in rows:
+        return None
+    values = [
+        a / b
+        for a, b in zip(rows[num]["seconds_per_call"], rows[den]["seconds_per_call"], strict=True)
+    ]
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def mem_ratio(cfg: dict, num: str, den: str) -> float | None:
+    rows = cfg["contenders"]
+    if num not in rows or den not in rows:
+        return None
+    a, b = rows[num]["peak_extra_mib"], rows[den]["peak_extra_mib"]
+    if a is None or b is None or b < MEM_FLOOR_MIB:
+        return None
+    return a / b
+
+
+def evaluate_goals(results: list[dict]) -> list[dict]:
+    goals = []
+    for gid, text, num, den, what, limit, models in GOALS:
+        per_config = []
+        for cfg in results:
+            if models is not None and cfg["model"] not in models:
+                continue
+            if what == "mem_max":
+                value = mem_ratio(cfg, num, den)
+                spread = None
+            else:
+                r = pair_ratio(cfg, num, den)
+                value = None if r is None else r["median"]
+                spread = None if r is None else [r["min"], r["max"]]
+            if value is not None:
+                per_config.append({"config": _cfg_name(cfg), "value": value, "spread": spread})
+        goal = {
+            "id": gid,
+            "goal": text,
+            "numerator": num,
+            "denominator": den,
+            "test": what,
+            "limit": limit,
+            "per_config": per_config,
+        }
+        if not per_config:
+            goal.update(result="n/a", worst=None, note="not measured (contender or data missing)")
+        else:
+            pick = max if what in ("ratio_max", "mem_max") else min
+            worst = pick(per_config, key=lambda p: p["value"])
+            ok = (
+                worst["value"] <= limit
+                if what in ("ratio_max", "mem_max")
+                else worst["value"] >= limit
+            )
+            if what == "speedup_min" and limit == 1.0:
+                ok = worst["value"] > limit
+            result = "PASS" if ok else "FAIL"
+            if text.startswith("(info)"):
+                result = "info: yes" if ok else "info: no"
+            goal.update(
+                result=result,
+                worst=worst,
+                best=(min if pick is max else max)(per_config, key=lambda p: p["value"]),
+            )
+        goals.append(goal)
+    return goals
+
+
+def build_report(meta: dict, results: list[dict], notes: list[str]) -> dict:
+    disagreements = []
+    for cfg in results:
+        for key, row in cfg["contenders"].items():
+            a = row["agreement"]
+            if a is not None and a["ok"] is False:
+                disagreements.append({"config": _cfg_name(cfg), "contender": key, **a})
+    return {
+        "meta": meta,
+        "notes": notes,
+        "agreement": {
+            "ok": not disagreements,
+            "min_r_required": meta["settings"]["agreement_min_r"],
+            "disagreements": disagreements,
+        },
+        "goals": evaluate_goals(results),
+        "results": results,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# text
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if v == 0:
+        return "0"
+    if abs(v) >= 10**digits:
+        return f"{v:.0f}"
+    return f"{v:.{digits}g}"
+
+
+def _spread(s: dict | None, suffix: str = "") -> str:
+    if s is None:
+        return "-"
+    return f"{_num(s['median'])}{suffix} ({_num(s['min'])}..{_num(s['max'])})"
+
+
+def _goal_measure(g: dict) -> str:
+    if g["worst"] is None:
+        return g.get("note", "-")
+    unit = "x" if g["test"] != "speedup_min" else "x faster"
+    w = g["worst"]
+    text = f"worst {w['value']:.2f}{unit} ({w['config']}"
+    if w["spread"]:
+        lo, hi = w["spread"]
+        text += f"; rounds {lo:.2f}..{hi:.2f}"
+        if lo > 0 and hi / lo > NOISY:
+            text += f", noisy: rounds differ by more than {NOISY - 1:.0%}"
+    text += ")"
+    if len(g["per_config"]) > 1:
+        text += f"; best {g['best']['value']:.2f} ({g['best']['config']})"
+    return text
+
+
+def markdown(report: dict) -> str:
+    meta, results = report["meta"], report["results"]
+    m, v, s = meta["machine"], meta["versions"], meta["settings"]
+    lines = ["# camlib throughput benchmark", ""]
+    lines.append(f"- date: {meta['date']} (wall time {meta['wall_seconds']:.0f} s)")
+    dev = meta["device"] + (f" ({m['gpu']}, CUDA {m.get('cuda')})" if "gpu" in m else "")
+    lines.append(
+        f"- device: {dev}; CPU: {m['cpu']}, {m['logical_cores']} logical cores "
+        f"({m['usable_cores']} usable), {m['memory_gib']} GiB RAM"
+    )
+    loads = [
+        f"{when} {', '.join(f'{x:.2f}' for x in m[key])}"
+        for when, key in (("start", "load_average_at_start"), ("end", "load_average_at_end"))
+        if m.get(key)
+    ]
+    lines.append(
+        f"- torch threads: {meta['threads']}; load average (1, 5, 15 min) at {'; at '.join(loads)}"
+    )
+    lines.append(
+        "- versions: "
+        + ", ".join(f"{k} {val if val else '(not installed)'}" for k, val in v.items())
+    )
+    lines.append(
+        f"- rounds: {s['rounds']}, block >= {s['block_seconds']} s, "
+        f"memory: {s['memory'] or 'not measured'}"
+    )
+    if meta.get("camlib_git"):
+        lines.append(f"- camlib checkout: {meta['camlib_git']}")
+    lines.append(f"- command: `{meta['command']}`")
+    for note in report["notes"]:
+        lines.append(f"- note: {note}")
+    lines += ["", "## Goals", "", "| goal | measured | result |", "| --- | --- | --- |"]
+    for g in report["goals"]:
+        lines.append(f"| {g['goal']} | {_goal_measure(g)} | **{g['result']}** |")
+    lines += [
+        "",
+        "Time ratios are medians over rounds of the per-round ratio (the two contenders "
+        "timed in the same round); 'worst' is the least favourable configuration.",
+        "",
+    ]
+    agr = report["agreement"]
+    lines.append("## Agreement of the maps")
+    lines.append("")
+    if agr["ok"]:
+        lines.append(
+            f"All contenders agree with camlib: per-image Pearson r > {agr['min_r_required']} "
+            "of the normalised maps in every configuration (Grad-CAM peers and CAM against "
+            "camlib GradCAM, camlib GradCAM against the lower bound, Guided Grad-CAM "
+            "camlib against Captum)."
+        )
+    else:
+        lines.append(f"**Disagreements** (per-image Pearson r <= {agr['min_r_required']}):")
+        lines.append("")
+        for d in agr["disagreements"]:
+            lines.append(
+                f"- {d['config']}: {d['contender']} vs {d['reference']}: min r = "
+                f"{_num(d['min_r'], 6)}, images {d.get('bad_images')} {d.get('note', '')}"
+            )
+    lines += [
+        "",
+        "## Results",
+        "",
+        "images/s and time ratios: median over rounds (min..max). Peak memory: extra over "
+        "the memory in use before the call (CPU: resident set; CUDA: allocated).",
+        "",
+    ]
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for cfg in results:
+        groups.setdefault((cfg["model"], cfg["resolution"]), []).append(cfg)
+    for (model, res), cfgs in groups.items():
+        lines.append(f"### {model} at {res}x{res} (layer `{cfgs[0]['layer']}`)")
+        lines.append("")
+        lines.append(
+            "| batch | contender | images/s | time / lower bound | time / no-grad fwd "
+            "| peak extra MiB | memory / no-grad fwd | maps agree (min r) |"
+        )
+        lines.append("| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+        for cfg in cfgs:
+            rows = cfg["contenders"]
+            ng_mem = rows.get("nograd_forward", {}).get("peak_extra_mib")
+            for row in rows.values():
+                mem = row["peak_extra_mib"]
+                memr = f"{mem / ng_mem:.2f}x" if mem is not None and ng_mem else "-"
+                a = row["agreement"]
+                agree = (
+                    "-"
+                    if a is None
+                    else (
+                        "no reference"
+                        if a["ok"] is None
+                        else f"{'yes' if a['ok'] else '**NO**'} ({a['min_r']:.6f})"
+                        if a["min_r"] is not None
+                        else f"**NO** ({a.get('note')})"
+                    )
+                )
+                lines.append(
+                    f"| {cfg['batch']} | {row['label']} | {_spread(row['images_per_s'])} | "
+                    f"{_spread(row['ratio_to_lower_bound'], 'x')} | {_spread(row['ratio_to_nograd'], 'x')} | "
+                    f"{_num(mem)} | {memr} | {agree} |"
+                )
+        walls = [
+            f"batch {c['batch']}: {c['wall_seconds']:.0f} s" for c in cfgs if "wall_seconds" in c
+        ]
+        if walls:
+            lines += [
+                "",
+                "Wall time of the measurement (all contenders): " + ", ".join(walls) + ".",
+            ]
+        lines.append("")
+    plots = report.get("plots", [])
+    if plots:
+        lines += ["## Plots", ""]
+        for p in plots:
+            lines.append(f"![{p}]({p})")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def console_summary(report: dict) -> str:
+    out = []
+    for cfg in report["results"]:
+        out.append(_cfg_name(cfg))
+        for row in cfg["contenders"].values():
+            a = row["agreement"]
+            agree = "" if a is None or a["ok"] is None else ("agree" if a["ok"] else "DISAGREE")
+            lb = row["ratio_to_lower_bound"]
+            out.append(
+                f"  {row['label']:40s} {row['images_per_s']['median']:10.1f} img/s  "
+                f"{lb['median'] if lb else float('nan'):6.2f}x lb  "
+                f"{_num(row['peak_extra_mib']):>8s} MiB  {agree}"
+            )
+    out.append("goals:")
+    for g in report["goals"]:
+        out.append(f"  [{g['result']}] {g['goal']}: {_goal_measure(g)}")
+    if not report["agreement"]["ok"]:
+        out.append("MAPS DISAGREE: see results.md")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------
+# plots
+
+
+def _series(cfgs: list[dict], key: str, get) -> tuple[list, list, list, list]:
+    xs, ys, lo, hi = [], [], [], []
+    for cfg in cfgs:
+        row = cfg["contenders"].get(key)
+        if row is None:
+            continue
+        val = get(row)
+        if val is None or (not isinstance(val, dict) and val <= 0):
+            continue  # nothing to draw on a log axis
+        if isinstance(val, dict):
+            xs.append(cfg["batch"])
+            ys.append(val["median"])
+            lo.append(val["median"] - val["min"])
+            hi.append(val["max"] - val["median"])
+        else:
+            xs.append(cfg["batch"])
+            ys.append(val)
+            lo.append(0.0)
+            hi.append(0.0)
+    return xs, ys, lo, hi
+
+
+def _by_model(results: list[dict]) -> dict[str, list[dict]]:
+    """Configurations per model at its base resolution (28 for MNIST, else 224 if run)."""
+    out: dict[str, list[dict]] = {}
+    for cfg in results:
+        out.setdefault(cfg["model"], []).append(cfg)
+    for model, cfgs in out.items():
+        resolutions = sorted({c["resolution"] for c in cfgs})
+        base = 224 if 224 in resolutions else resolutions[0]
+        out[model] = [c for c in cfgs if c["resolution"] == base]
+    return out
+
+
+def _keys(results: list[dict]) -> list[str]:
+    seen = []
+    for cfg in results:
+        for key in cfg["contenders"]:
+            if key not in seen:
+                seen.append(key)
+    return [k for k in STYLE if k in seen] + [k for k in seen if k not in STYLE]
+
+
+def _grid(plt, n: int):
+    cols = min(n, 2)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat
+
+
+def _label(results: list[dict], key: str) -> str:
+    for cfg in results:
+        if key in cfg["contenders"]:
+            return cfg["contenders"][key]["label"]
+    return key
+
+
+def _line_plot(results, title, ylabel, get, path, *, skip=(), hlines=(), logy=True):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_model = _by_model(results)
+    keys = [k for k in _keys(results) if k not in skip]
+    fig, axes = _grid(plt, len(by_model))
+    drawn = False
+    for ax, (model, cfgs) in zip(axes, by_model.items(), strict=False):
+        for key in keys:
+            xs, ys, lo, hi = _series(cfgs, key, get)
+            if not xs:
+                continue
+            color, ls, marker = STYLE.get(key, (None, "-", "o"))
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=[lo, hi],
+                color=color,
+                linestyle=ls,
+                marker=marker,
+                capsize=3,
+                label=_label(results, key),
+                markersize=5,
+            )
+            drawn = True
+        for y, style in hlines:
+            ax.axhline(y, color="0.3", linestyle=style, linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(ylabel)
+        res = cfgs[0]["resolution"] if cfgs else ""
+        ax.set_title(f"{model} ({res}x{res})")
+        ax.grid(True, which="both", alpha=0.3)
+    if not drawn:
+        plt.close(fig)
+        return None
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(title)
+    rows = (len(by_model) + 1) // 2
+    fig.tight_layout(rect=(0, 0.05 + 0.08 / rows, 1, 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _resolution_plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [
+        m
+        for m in dict.fromkeys(c["model"] for c in results)
+        if len({c["resolution"] for c in results if c["model"] == m}) > 1
+    ]
+    if not models:
+        return None
+    panels = [
+        (m, b) for m in models for b in sorted({c["batch"] for c in results if c["model"] == m})
+    ]
+    fig, axes = _grid(plt, len(panels))
+    for ax, (model, batch) in zip(axes, panels, strict=False):
+        cfgs = sorted(
+            (c for c in results if c["model"] == model and c["batch"] == batch),
+            key=lambda c: c["resolution"],
+        )
+        for key in _keys(results):
+            xs = [c["resolution"] for c in cfgs if key in c["contenders"]]
+            ys = [
+                c["contenders"][key]["images_per_s"]["median"]
+                for c in cfgs
+                if key in c["contenders"]
+            ]
+            if xs:
+                color, ls, marker = STYLE.get(key, (None, "-", "o"))
+                ax.plot(
+                    xs, ys, color=color, linestyle=ls, marker=marker, label=_label(results, key)
+                )
+        ax.set_yscale("log")
+        ax.set_xticks(sorted({c["resolution"] for c in cfgs}))
+        ax.set_xlabel("input resolution (pixels per side)")
+        ax.set_ylabel("images / s")
+        ax.set_title(f"{model}, batch {batch}")
+        ax.grid(True, which="both", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle("Throughput against input resolution")
+    rows = (len(panels) + 1) // 2
+    fig.tight_layout(rect=(0, 0.05 + 0.08 / rows, 1, 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def plot_all(report: dict, out_dir: Path) -> list[str]:
+    results = report["results"]
+    device = report["meta"]["device"]
+    made = [
+        _line_plot(
+            results,
+            f"Throughput ({device}, {report['meta']['threads']} threads)",
+            "images / s (median over rounds)",
+            lambda r: r["images_per_s"],
+            out_dir / "throughput.png",
+        ),
+        _line_plot(
+            results,
+            "Time per call relative to the lower bound (median, min..max over rounds)",
+            "time / lower bound",
+            lambda r: r["ratio_to_lower_bound"],
+            out_dir / "ratio_to_lower_bound.png",
+            skip=("lower_bound",),
+            hlines=((1.0, "-"), (1.05, ":")),
+        ),
+        _line_plot(
+            results,
+            "Peak extra memory per call"
+            + (" (CUDA allocated)" if device.startswith("cuda") else " (CPU resident)"),
+            "MiB",
+            lambda r: r["peak_extra_mib"],
+            out_dir / "memory.png",
+        ),
+        _resolution_plot(results, out_dir / "resolution.png"),
+    ]
+    return [m for m in made if m]
