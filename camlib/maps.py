@@ -21,12 +21,15 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def normalize_minmax(maps: torch.Tensor) -> torch.Tensor:
     """Scale each map to [0, 1]: (m - min) / (max - min); a constant map becomes zeros.
 
-    Works on (N, ...) tensors, one map per leading index; never returns NaN.
+    Works on (N, ...) tensors, one map per leading index; never returns NaN for finite
+    maps. A span below the smallest normal float still maps to exactly [0, 1], and a map
+    whose ``max - min`` overflows is halved first (exact for such large values).
     """
     flat = maps.flatten(1)
-    lo = flat.amin(dim=1, keepdim=True)
-    span = flat.amax(dim=1, keepdim=True) - lo
-    out = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
+    lo, hi = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
+    half = torch.where(torch.isfinite(hi - lo), 1.0, 2.0).to(flat.dtype)
+    lo, span = lo / half, hi / half - lo / half
+    out = torch.where(span > 0, (flat / half - lo) / _nonzero(span), 0.0)
     return out.view_as(maps)
 
 
@@ -34,5 +37,9 @@ def normalize_absmax(maps: torch.Tensor) -> torch.Tensor:
     """Scale each signed map by its largest absolute value, to [-1, 1]; zeros stay zeros."""
     flat = maps.flatten(1)
     peak = flat.abs().amax(dim=1, keepdim=True)
-    out = torch.where(peak > 0, flat / peak.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
-    return out.view_as(maps)
+    return (flat / _nonzero(peak)).view_as(maps)
+
+
+def _nonzero(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with zeros replaced by ones, as a safe divisor (subnormal values are kept)."""
+    return torch.where(t > 0, t, torch.ones_like(t))
