@@ -94,6 +94,12 @@ class Explainer:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(model, torch.jit.ScriptModule):
+            raise InputError(
+                "TorchScript models are not supported: module hooks and ReLU interception do "
+                "not run inside a scripted or traced graph, so the maps would be wrong. Pass "
+                "the eager nn.Module instead."
+            )
         self.model = model
         self.reshape_transform = reshape_transform
         self.target_layer: nn.Module | None = None
@@ -142,7 +148,7 @@ class Explainer:
             The maps, a tensor on the model's device.
         """
         inputs = self._check_inputs(inputs)
-        check_targets(targets, inputs.shape[0])
+        targets = check_targets(targets, inputs.shape[0])
         if self.model.training:
             warnings.warn(
                 f"{type(self.model).__name__} is in training mode: BatchNorm running statistics "
@@ -197,13 +203,21 @@ class Explainer:
 
     def feature_map(self, tensor: torch.Tensor) -> torch.Tensor:
         """Apply ``reshape_transform`` and check the result is (N, C, h, w)."""
-        out = self.reshape_transform(tensor) if self.reshape_transform is not None else tensor
-        if out.dim() != 4:
+        if self.reshape_transform is None:
+            if tensor.dim() != 4:
+                raise LayerError(
+                    f"target layer {self.layer_name!r} returned a tensor of shape "
+                    f"{tuple(tensor.shape)}; {type(self).__name__} needs an (N, C, h, w) feature "
+                    f"map. Choose a convolutional layer (target_layer='auto' picks the last one), "
+                    f"or pass reshape_transform= to turn token outputs into (N, C, h, w)."
+                )
+            return tensor
+        out = self.reshape_transform(tensor)
+        if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[0] != tensor.shape[0]:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise LayerError(
-                f"target layer {self.layer_name!r} returned a tensor of shape "
-                f"{tuple(tensor.shape)}; {type(self).__name__} needs an (N, C, h, w) feature map. "
-                f"Choose a convolutional layer (target_layer='auto' picks the last one), or pass "
-                f"reshape_transform= to turn token outputs into (N, C, h, w)."
+                f"reshape_transform turned the {tuple(tensor.shape)} output of layer "
+                f"{self.layer_name!r} into {got}; it must return (N, C, h, w) with the same N"
             )
         return out
 
@@ -212,10 +226,12 @@ class Explainer:
     ) -> torch.Tensor:
         """d(sum of scores)/d(wrt) with ``torch.autograd.grad``: no parameter ``.grad``."""
         if not scores.requires_grad:
-            raise LayerError(
-                f"the target scores do not depend on {self._what(wrt)}; with a custom target, "
-                f"return scores computed from the model output"
+            hint = (
+                "; the custom target must return scores computed from the model output"
+                if self.classes is None
+                else " (the model output does not use it)"
             )
+            raise LayerError(f"the target scores do not depend on {self._what(wrt)}{hint}")
         (grad,) = torch.autograd.grad(
             scores.sum(), wrt, retain_graph=retain_graph, allow_unused=True
         )
@@ -244,8 +260,9 @@ class Explainer:
                 f"inputs must be a floating-point tensor, got {inputs.dtype}; convert images "
                 f"with .float() (and normalise them as the model expects)"
             )
-        device = _model_device(self.model)
-        return inputs if device is None or inputs.device == device else inputs.to(device)
+        # The dtype is left to the model: its forward may cast (torch names any mismatch).
+        param = _first_tensor(self.model)
+        return inputs if param is None or inputs.device == param.device else inputs.to(param.device)
 
     def _pick_layer(self, inputs: torch.Tensor) -> None:
         key = tuple(inputs.shape[1:])
@@ -261,11 +278,12 @@ class Explainer:
         self.target_layer = resolve_layer(self.model, self.layer_name)
 
 
-def _model_device(model: nn.Module) -> torch.device | None:
+def _first_tensor(model: nn.Module) -> torch.Tensor | None:
+    """The model's first parameter (else buffer): where its device and dtype are read."""
     for tensor in model.parameters():
-        return tensor.device
+        return tensor
     for tensor in model.buffers():
-        return tensor.device
+        return tensor
     return None
 
 

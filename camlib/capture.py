@@ -104,14 +104,16 @@ def run_forward(
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode(False))
+            fed = inputs
             if graph == "from_input":
                 stack.enter_context(torch.enable_grad())
                 inputs = inputs.detach().requires_grad_(True)
+                fed = inputs.clone()  # a model may modify its input in place; a leaf cannot be
             else:
                 stack.enter_context(torch.no_grad())
             if guide is not None:
                 stack.enter_context(GuidedReLUMode(guide))
-            output = model(inputs)
+            output = model(fed)
             if layer is not None and not captured:
                 raise LayerError(
                     f"target layer {layer_name!r} did not run during the forward pass; choose "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -46,24 +47,31 @@ def _example_names(model: nn.Module, k: int = 3) -> str:
     return ", ".join(repr(n) for n in names) or "'<model has no submodules>'"
 
 
-def resolve_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
+def resolve_layer(model: nn.Module, layer: str | nn.Module, *, what: str = "target_layer") -> nn.Module:
     """Return the submodule of ``model`` named by ``layer``.
 
     Args:
         model: the network.
         layer: a dotted path as listed by ``model.named_modules()`` (``"layer4.1.conv2"``,
             ``"features.28"``; ``"features[28]"`` is accepted too) or a module of ``model``.
+        what: the argument being resolved, for error messages (``"fc_layer"`` for CAM).
 
     Raises:
         LayerError: the name does not exist (the message suggests the closest real names
-            and lists the model's top-level children) or the module is not in ``model``.
+            and lists the model's top-level children), the module is not in ``model``, or
+            it is ``model`` itself.
     """
     if isinstance(layer, nn.Module):
+        if layer is model:
+            raise LayerError(
+                f"{what} is the model itself; pass one of its layers, e.g. "
+                f"{_example_names(model)}, or 'auto'"
+            )
         layer_name(model, layer)  # raises if foreign
         return layer
     if not isinstance(layer, str):
         raise LayerError(
-            f"target_layer must be a layer name (str), an nn.Module of the model, or 'auto'; "
+            f"{what} must be a layer name (str), an nn.Module of the model, or 'auto'; "
             f"got {type(layer).__name__}"
         )
     name = _normalise_name(layer)
@@ -75,7 +83,7 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
     children = [f"{n} ({type(m).__name__})" for n, m in model.named_children()]
     hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
     raise LayerError(
-        f"no layer named {layer!r} in {type(model).__name__}.{hint} "
+        f"{what}: no layer named {layer!r} in {type(model).__name__}.{hint} "
         f"Top-level children: {', '.join(children) or '(none)'}. "
         f"Use dotted names from model.named_modules(), e.g. 'layer4.1.conv2' or 'features.28'."
     )
@@ -86,6 +94,7 @@ class _Call:
     name: str
     order: int
     spatial: bool
+    tokens: bool  # an (N, L, D) output with L > 1: a transformer stage
     passthrough: bool  # returns its input (Identity, eval Dropout) or only resamples it
 
 
@@ -126,12 +135,21 @@ def probe_layers(model: nn.Module, inputs: torch.Tensor) -> LayerProbe:
             # A head's adaptive pool only resamples the previous map (VGG's 7x7 pool).
             resample = isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
             probe.calls.append(
-                _Call(name, len(probe.calls), _is_spatial(output), untouched or resample)
+                _Call(
+                    name,
+                    len(probe.calls),
+                    _is_spatial(output),
+                    isinstance(output, torch.Tensor) and output.dim() == 3 and output.shape[1] > 1,
+                    untouched or resample,
+                )
             )
 
         return record
 
     named = [(n, m) for n, m in model.named_modules() if n]
+    # A model in training mode updates its BatchNorm statistics on every forward: the
+    # probe puts every buffer back, so only the explained call itself counts.
+    saved = [(b, b.clone()) for b in model.buffers()] if model.training else []
     handles = [m.register_forward_pre_hook(pre_hook(n)) for n, m in named]
     handles += [m.register_forward_hook(hook(n)) for n, m in named]
     try:
@@ -140,6 +158,9 @@ def probe_layers(model: nn.Module, inputs: torch.Tensor) -> LayerProbe:
     finally:
         for h in handles:
             h.remove()
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
     return probe
 
 
@@ -154,11 +175,37 @@ def find_target_layer(model: nn.Module, inputs: torch.Tensor) -> str:
     """
     # One image is enough in eval mode; in training mode BatchNorm needs the real batch.
     probe = probe_layers(model, inputs if model.training else inputs[:1])
-    for call in reversed(probe.calls):
+    for i in range(len(probe.calls) - 1, -1, -1):
+        call = probe.calls[i]
         if call.spatial and not call.passthrough and probe.counts[call.name] == 1:
+            _warn_if_doubtful(model, probe, i)
             return call.name
     raise LayerError(
         f"could not find a layer of {type(model).__name__} with an (N, C, h, w) output and "
         f"h*w > 1 for inputs of shape {tuple(inputs.shape)}; name the layer explicitly "
         f"(top-level children: {_example_names(model, 10)})"
     )
+
+
+def _warn_if_doubtful(model: nn.Module, probe: LayerProbe, chosen: int) -> None:
+    """Warn when ``"auto"`` had to pass over later layers, or the model goes on with tokens."""
+    name = probe.calls[chosen].name
+    later = probe.calls[chosen + 1 :]
+    reused = sorted(
+        {c.name for c in later if c.spatial and not c.passthrough and probe.counts[c.name] > 1}
+    )
+    if reused:
+        warnings.warn(
+            f"target_layer='auto' picked {name!r} for {type(model).__name__}, passing over later "
+            f"spatial layers that run more than once per forward ({', '.join(map(repr, reused))}); "
+            f"their calls cannot be told apart. Name the layer to explain if {name!r} is not it.",
+            stacklevel=5,
+        )
+    if any(c.tokens for c in later):
+        warnings.warn(
+            f"target_layer='auto' picked {name!r} for {type(model).__name__}, but later layers "
+            f"return (N, L, D) token sequences (a transformer stage): the last spatial layer is "
+            f"then an early one. Name the layer to explain and pass reshape_transform= to turn "
+            f"its tokens into (N, C, h, w).",
+            stacklevel=5,
+        )

@@ -61,7 +61,7 @@ def test_small_net_cam_equals_gradcam_times_hw(small_net, digits, targets):
     before = ModelState.of(small_net)
     explainer = camlib.CAM(small_net, "relu3")
     cam = raw(explainer, digits, targets)
-    assert explainer.fc_layer is None  # found automatically, on each call
+    assert explainer.fc_layer is small_net.fc  # found automatically, on each call
     logits = small_net(digits).detach()
     classes = logits.argmax(1) if targets is None else torch.tensor(targets)
     assert torch.equal(explainer.classes, classes)

@@ -218,7 +218,8 @@ def test_auto_skips_module_running_twice():
     model = TwiceNet().eval()
     assert camlib.find_target_layer(model, images(1, 1, 8, 8)) == "conv2"
     explainer = camlib.GradCAM(model)
-    explainer(images(2, 1, 8, 8))
+    with pytest.warns(UserWarning, match=r"picked 'conv2'.*more than once.*\('relu'\)"):
+        explainer(images(2, 1, 8, 8))
     assert explainer.layer_name == "conv2"
 
 

@@ -58,8 +58,9 @@ class CAM(Explainer):
         super().__init__(model, target_layer, reshape_transform=reshape_transform)
         self.fc_layer: nn.Module | None = None
         self.fc_name: str | None = None
-        if fc_layer is not None and fc_layer != "auto":
-            self.fc_layer = resolve_layer(model, fc_layer)
+        self._auto_fc = fc_layer is None or fc_layer == "auto"
+        if not self._auto_fc:
+            self.fc_layer = resolve_layer(model, fc_layer, what="fc_layer")  # type: ignore[arg-type]
             self.fc_name = layer_name(model, self.fc_layer)
 
     def attribute(self, inputs: torch.Tensor, targets: Targets) -> torch.Tensor:
@@ -71,6 +72,8 @@ class CAM(Explainer):
         cap = self.forward(inputs, targets, graph="none")
         act = self.feature_map(cap.activation)
         fc, name = self._classifier(act.shape[1], cap.output)
+        if self._auto_fc:  # the classifier found for this layer, for the caller to see
+            self.fc_layer, self.fc_name = fc, name
         weight, bias = classifier_weights(fc, name)
         if weight.shape[1] != act.shape[1]:
             raise LayerError(
@@ -84,7 +87,7 @@ class CAM(Explainer):
         return torch.relu(maps)
 
     def _classifier(self, channels: int, output: object) -> tuple[nn.Module, str]:
-        if self.fc_layer is not None:
+        if not self._auto_fc:
             return self.fc_layer, self.fc_name  # type: ignore[return-value]
         num_classes = output.shape[1]  # type: ignore[union-attr]
         found = None
@@ -114,11 +117,21 @@ class CAM(Explainer):
             implied = implied + bias[cap.classes].to(implied.dtype)
             size = size + bias[cap.classes].abs().to(size.dtype)
         gap = (implied - cap.scores.to(implied.dtype)).abs()
-        if not bool((gap <= 1e-4 * size + torch.finfo(size.dtype).tiny).all()):
+        # Rounding grows with the working precision: 1e-4 in float32, more in half types.
+        coarsest = max(torch.finfo(cap.scores.dtype).eps, torch.finfo(act.dtype).eps)
+        rtol = max(1e-4, 64 * coarsest)
+        if not bool((gap <= rtol * size + torch.finfo(size.dtype).tiny).all()):
             worst = float((gap / size.clamp_min(torch.finfo(size.dtype).tiny)).max())
+            mode = (
+                " The model is in training mode: dropout and batch statistics change the "
+                "logits; call model.eval() first."
+                if self.model.training
+                else ""
+            )
             raise LayerError(
                 f"CAM needs logits y = fc(global_avg_pool(A)) with A the output of layer "
                 f"{self.layer_name!r} and fc = {name!r}, but the model's scores differ from that by "
                 f"up to {worst:.3g} of their size. The head is not global-average-pooling + linear "
-                f"(or the layer is not the last feature map); use GradCAM, which works for any head."
+                f"(or the layer is not the last feature map); use GradCAM, which works for any "
+                f"head.{mode}"
             )
