@@ -56,7 +56,7 @@ class ImprovedNet(nn.Sequential):
 
     CAM_LAYER = "block3"
 
-    def __init__(self, channels: Sequence[int] = (32, 64, 128), classes: int = 10) -> None:
+    def __init__(self, channels: Sequence[int] = (24, 48, 96), classes: int = 10) -> None:
         c1, c2, c3 = channels
         block2 = _block(c1, c2)
         block2.add_module("conv2", nn.Conv2d(c2, c2, 3, padding=1, bias=False))
@@ -74,6 +74,7 @@ class ImprovedNet(nn.Sequential):
                 fc=nn.Linear(c3, classes),
             )
         )
+        self.channels = (c1, c2, c3)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -177,9 +177,10 @@ def write_report(path: Path, r: dict, settings) -> None:
         "head** instead of Flatten + Linear (which also makes CAM applicable and lets the "
         "model run on larger canvases, used in the pointing game below);"
     )
+    c1, c2, c3 = i["channels"]
     add(
         "* the maps light up stroke fragments -> **deeper features** with larger receptive "
-        "fields: 3x3 convolutions 32 -> (64, 64) -> 128 channels with BatchNorm, two "
+        f"fields: 3x3 convolutions {c1} -> ({c2}, {c2}) -> {c3} channels with BatchNorm, two "
         "max-pools, a 7x7 final feature map;"
     )
     add(
