@@ -21,22 +21,22 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def normalize_minmax(maps: torch.Tensor) -> torch.Tensor:
-    """Scale each map to [0, 1]: (m - min) / (max - min); a constant map becomes zeros.
+    r"""Scale each map to [0, 1]: (m - min) / (max - min); a constant map becomes zeros.
 
     Works on (N, ...) tensors, one map per leading index; never returns NaN for finite
-    maps. A map whose span is within rounding of its magnitude (``max - min <= 8 eps
-    max|m|``, e.g. a constant map after bilinear upsampling) counts as constant, so
-    rounding noise is never stretched to [0, 1]. A span below the smallest normal float
-    still maps to exactly [0, 1], and a map whose ``max - min`` overflows is halved first
-    (exact for such large values).
+    maps. Computed as :math:`(m/2 - \min/2) / (\max/2 - \min/2)`, which equals the plain
+    formula bit for bit (halving is exact) but cannot overflow, and reaches exactly 0
+    and 1 even for a subnormal span. A map whose span is within rounding of its
+    magnitude (``max - min <= 8 eps max|m|``, e.g. a constant map after bilinear
+    upsampling) counts as constant, so rounding noise is never stretched to [0, 1].
     """
     flat = maps.flatten(1)
-    lo, hi = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
-    half = torch.where(torch.isfinite(hi - lo), 1.0, 2.0).to(flat.dtype)
-    lo, span = lo / half, hi / half - lo / half
-    noise = 8 * torch.finfo(flat.dtype).eps * torch.maximum(lo.abs(), (hi / half).abs())
-    out = torch.where(span > noise, (flat / half - lo) / _nonzero(span), 0.0)
-    return out.view_as(maps)
+    lo, hi = torch.aminmax(flat, dim=1, keepdim=True)
+    lo, hi = lo * 0.5, hi * 0.5
+    span = hi - lo
+    constant = span <= (hi.abs() + lo.abs()) * (8 * torch.finfo(flat.dtype).eps)
+    out = (flat * 0.5).sub_(lo).div_(span.masked_fill_(constant, 1.0))
+    return out.masked_fill_(constant, 0.0).view_as(maps)
 
 
 def normalize_absmax(maps: torch.Tensor) -> torch.Tensor:

@@ -14,8 +14,10 @@ def gradcam_map(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     .. math:: L^c = \mathrm{ReLU}\Big(\sum_k \alpha_k^c A^k\Big), \quad
               \alpha_k^c = \frac{1}{hw}\sum_{i,j} \frac{\partial y^c}{\partial A^k_{ij}}
     """
-    weights = grad.mean(dim=(2, 3))
-    return torch.relu(torch.einsum("nc,nchw->nhw", weights, activation))
+    n, _, h, w = activation.shape
+    weights = grad.mean(dim=(2, 3))  # (N, C)
+    maps = torch.bmm(weights.unsqueeze(1).to(activation.dtype), activation.flatten(2))
+    return maps.view(n, h, w).relu_()
 
 
 @register("gradcam", "grad-cam", "grad_cam")
