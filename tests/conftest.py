@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -10,7 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import camlib
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+METHOD_NAMES = sorted({cls.name for cls in camlib.METHODS.values()})
+"""Every registered method, by its main name."""
+LAYER_METHODS = [n for n in METHOD_NAMES if camlib.METHODS[n].uses_layer]
+"""The methods that explain an inner layer (all but Guided Backprop)."""
 
 
 class SmallConvNet(nn.Module):
@@ -130,3 +138,45 @@ def small_net() -> SmallConvNet:
 def digits() -> torch.Tensor:
     torch.manual_seed(1)
     return torch.randn(4, 1, 28, 28)
+
+
+def small(in_ch: int = 1) -> SmallConvNet:
+    """A seeded SmallConvNet in eval mode."""
+    torch.manual_seed(0)
+    return SmallConvNet(in_ch).eval()
+
+
+def batch(n: int = 3, h: int = 16, w: int | None = None, channels: int = 1) -> torch.Tensor:
+    """A seeded random batch (n, channels, h, w)."""
+    torch.manual_seed(1)
+    return torch.randn(n, channels, h, h if w is None else w)
+
+
+def make(name: str, model: nn.Module, layer="relu3") -> camlib.Explainer:
+    """The explainer registered as ``name``; ``layer`` is ignored by input-only methods."""
+    cls = camlib.METHODS[name]
+    return cls(model, layer) if cls.uses_layer else cls(model)
+
+
+def mode_stack_depth() -> int:
+    length = getattr(torch._C, "_len_torch_function_stack", None)
+    return length() if length is not None else 0
+
+
+@contextlib.contextmanager
+def left_alone(model: nn.Module):
+    """The model state, global hooks, grad mode and torch-function modes are as before."""
+    state = ModelState.of(model)
+    grad, inference, depth = (
+        torch.is_grad_enabled(),
+        torch.is_inference_mode_enabled(),
+        mode_stack_depth(),
+    )
+    hooks, global_hooks = count_hooks(model), count_global_hooks()
+    yield
+    state.assert_unchanged(model)
+    assert count_hooks(model) == hooks
+    assert count_global_hooks() == global_hooks
+    assert torch.is_grad_enabled() == grad
+    assert torch.is_inference_mode_enabled() == inference
+    assert mode_stack_depth() == depth

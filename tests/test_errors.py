@@ -3,7 +3,6 @@ model is left exactly as it was (ModelState) and the grad mode restored."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import numpy as np
@@ -14,10 +13,14 @@ from torch import nn
 
 import camlib
 
-from conftest import ModelState, SmallConvNet
-
-METHOD_NAMES = sorted({cls.name for cls in camlib.METHODS.values()})
-LAYER_METHODS = [n for n in METHOD_NAMES if camlib.METHODS[n].uses_layer]
+from conftest import (
+    LAYER_METHODS,
+    METHOD_NAMES,
+    batch,
+    left_alone,
+    make,
+    small,
+)
 
 
 @functools.cache
@@ -32,29 +35,6 @@ def vgg16_meta() -> nn.Module:
     """VGG16's module tree without allocating its weights (name lookups only)."""
     with torch.device("meta"):
         return torchvision.models.vgg16(weights=None)
-
-
-def small() -> SmallConvNet:
-    torch.manual_seed(0)
-    return SmallConvNet().eval()
-
-
-def batch(n: int = 3) -> torch.Tensor:
-    torch.manual_seed(1)
-    return torch.randn(n, 1, 16, 16)
-
-
-def make(name: str, model: nn.Module, layer="relu3") -> camlib.Explainer:
-    cls = camlib.METHODS[name]
-    return cls(model, layer) if cls.uses_layer else cls(model)
-
-
-@contextlib.contextmanager
-def left_alone(model: nn.Module):
-    state, grad = ModelState.of(model), torch.is_grad_enabled()
-    yield
-    state.assert_unchanged(model)
-    assert torch.is_grad_enabled() == grad
 
 
 def message(info: pytest.ExceptionInfo) -> str:

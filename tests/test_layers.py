@@ -13,7 +13,7 @@ from torch import nn
 
 import camlib
 
-from conftest import ModelState, SmallConvNet
+from conftest import ModelState, small
 
 
 @functools.cache
@@ -44,11 +44,6 @@ def vgg11() -> nn.Module:
 def vgg16_meta() -> nn.Module:
     with torch.device("meta"):
         return torchvision.models.vgg16(weights=None)
-
-
-def small(in_ch: int = 1) -> SmallConvNet:
-    torch.manual_seed(0)
-    return SmallConvNet(in_ch).eval()
 
 
 def images(*shape: int) -> torch.Tensor:

@@ -11,28 +11,17 @@ from hypothesis import strategies as st
 
 import camlib
 
-from conftest import SmallConvNet
+from conftest import METHOD_NAMES, make, small
 
-METHOD_NAMES = sorted({cls.name for cls in camlib.METHODS.values()})
 UNSIGNED = [n for n in METHOD_NAMES if n in ("cam", "gradcam")]
 SIGNED = [n for n in METHOD_NAMES if n in ("guided_backprop", "guided_gradcam")]
 
 FAST = settings(max_examples=40, deadline=None, database=None)
 
 
-def small() -> SmallConvNet:
-    torch.manual_seed(0)
-    return SmallConvNet().eval()
-
-
 def batch(n: int = 3, h: int = 28, w: int = 28) -> torch.Tensor:
     torch.manual_seed(1)
     return torch.randn(n, 1, h, w)
-
-
-def make(name, model, layer="relu3"):
-    cls = camlib.METHODS[name]
-    return cls(model, layer) if cls.uses_layer else cls(model)
 
 
 def per_image(maps: torch.Tensor, fn) -> torch.Tensor:

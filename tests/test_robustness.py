@@ -16,25 +16,7 @@ from torch import nn
 
 import camlib
 
-from conftest import ModelState, SmallConvNet
-
-METHOD_NAMES = sorted({cls.name for cls in camlib.METHODS.values()})
-
-
-def small() -> SmallConvNet:
-    torch.manual_seed(0)
-    return SmallConvNet().eval()
-
-
-def batch(n: int = 3, size: int = 16) -> torch.Tensor:
-    torch.manual_seed(1)
-    return torch.randn(n, 1, size, size)
-
-
-def make(name: str, model: nn.Module, layer="relu3") -> camlib.Explainer:
-    cls = camlib.METHODS[name]
-    return cls(model, layer) if cls.uses_layer else cls(model)
-
+from conftest import METHOD_NAMES, ModelState, SmallConvNet, batch, make, small
 
 # --------------------------------------------------------------------------------------
 # maps of a 1x1 layer, and constant maps after upsampling

@@ -9,24 +9,7 @@ import torch
 
 import camlib
 
-from conftest import SmallConvNet
-
-METHOD_NAMES = sorted({cls.name for cls in camlib.METHODS.values()})
-
-
-def small() -> SmallConvNet:
-    torch.manual_seed(0)
-    return SmallConvNet().eval()
-
-
-def batch(n: int = 3) -> torch.Tensor:
-    torch.manual_seed(1)
-    return torch.randn(n, 1, 16, 16)
-
-
-def make(name, model, layer="relu3"):
-    cls = camlib.METHODS[name]
-    return cls(model, layer) if cls.uses_layer else cls(model)
+from conftest import METHOD_NAMES, SmallConvNet, batch, make, small
 
 
 def features(model: SmallConvNet, x: torch.Tensor) -> torch.Tensor:
