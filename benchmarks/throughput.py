@@ -254,6 +254,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_LIBC = _load_libc()
+
+
 class CpuMemory:
     """Peak extra resident memory of one call: VmHWM after it minus VmRSS before it.
 
@@ -263,11 +275,6 @@ class CpuMemory:
 
     def __init__(self) -> None:
         self.reason = None
-        try:
-            self._libc = ctypes.CDLL("libc.so.6")
-            self._libc.malloc_trim.argtypes = [ctypes.c_size_t]
-        except OSError:
-            self._libc = None
         try:
             Path("/proc/self/clear_refs").write_text("5")
             self._status("VmHWM:")
@@ -282,9 +289,7 @@ class CpuMemory:
         raise KeyError(key)
 
     def measure(self, fn, x) -> float:
-        gc.collect()
-        if self._libc is not None:
-            self._libc.malloc_trim(0)
+        release_free_memory()
         before = self._status("VmRSS:")
         Path("/proc/self/clear_refs").write_text("5")
         out = fn(x)
@@ -322,11 +327,19 @@ def in_block(runner: C.Runner, fn):
         runner.release()
 
 
+def release_free_memory() -> None:
+    """Collect garbage and hand the heap's free memory back to the OS (glibc ``malloc_trim``),
+    so that every block starts from the same allocator state, whatever ran before it."""
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
 def timed_block(runner: C.Runner, x: torch.Tensor, reps: int, device: torch.device) -> float:
     """Seconds per call, averaged over one block of ``reps`` calls."""
 
     def block() -> float:
-        gc.collect()
+        release_free_memory()
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(reps):
