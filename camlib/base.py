@@ -267,7 +267,8 @@ class Explainer:
     def _pick_layer(self, inputs: torch.Tensor) -> None:
         key = tuple(inputs.shape[1:])
         if key not in self._auto_layers:
-            self._auto_layers[key] = find_target_layer(self.model, inputs)
+            # warnings point at the caller of __call__ (_pick_layer -> __call__ -> user)
+            self._auto_layers[key] = find_target_layer(self.model, inputs, stacklevel=3)
             logger.info(
                 "camlib: %s picked target layer %r for inputs of shape %s",
                 type(self).__name__,

@@ -47,7 +47,9 @@ def _example_names(model: nn.Module, k: int = 3) -> str:
     return ", ".join(repr(n) for n in names) or "'<model has no submodules>'"
 
 
-def resolve_layer(model: nn.Module, layer: str | nn.Module, *, what: str = "target_layer") -> nn.Module:
+def resolve_layer(
+    model: nn.Module, layer: str | nn.Module, *, what: str = "target_layer"
+) -> nn.Module:
     """Return the submodule of ``model`` named by ``layer``.
 
     Args:
@@ -131,7 +133,9 @@ def probe_layers(model: nn.Module, inputs: torch.Tensor) -> LayerProbe:
             version = versions[name].pop()
             # Identity / eval Dropout hand back their input untouched (an in-place ReLU
             # hands it back modified: its version moved, so it is a real layer).
-            untouched = output is first and isinstance(first, torch.Tensor) and first._version == version
+            untouched = (
+                output is first and isinstance(first, torch.Tensor) and first._version == version
+            )
             # A head's adaptive pool only resamples the previous map (VGG's 7x7 pool).
             resample = isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
             probe.calls.append(
@@ -164,7 +168,7 @@ def probe_layers(model: nn.Module, inputs: torch.Tensor) -> LayerProbe:
     return probe
 
 
-def find_target_layer(model: nn.Module, inputs: torch.Tensor) -> str:
+def find_target_layer(model: nn.Module, inputs: torch.Tensor, *, stacklevel: int = 1) -> str:
     """Name of the layer ``"auto"`` picks for ``inputs``.
 
     The last module, in execution order, whose output is an (N, C, h, w) tensor with
@@ -172,13 +176,18 @@ def find_target_layer(model: nn.Module, inputs: torch.Tensor) -> str:
     only pass their input through or resample it (``Identity``, eval-mode ``Dropout``,
     adaptive pooling). A container that returns its last child's tensor completes
     after that child, so the container is chosen (``layer4`` on ResNets).
+
+    Warns (``UserWarning``) when later spatial layers were passed over because they run
+    more than once, or when a token stage (N, L, D) follows the chosen layer.
+    ``stacklevel`` is where those warnings point, as in ``warnings.warn``: 1 is the
+    caller of this function.
     """
     # One image is enough in eval mode; in training mode BatchNorm needs the real batch.
     probe = probe_layers(model, inputs if model.training else inputs[:1])
     for i in range(len(probe.calls) - 1, -1, -1):
         call = probe.calls[i]
         if call.spatial and not call.passthrough and probe.counts[call.name] == 1:
-            _warn_if_doubtful(model, probe, i)
+            _warn_if_doubtful(model, probe, i, stacklevel + 2)
             return call.name
     raise LayerError(
         f"could not find a layer of {type(model).__name__} with an (N, C, h, w) output and "
@@ -187,7 +196,7 @@ def find_target_layer(model: nn.Module, inputs: torch.Tensor) -> str:
     )
 
 
-def _warn_if_doubtful(model: nn.Module, probe: LayerProbe, chosen: int) -> None:
+def _warn_if_doubtful(model: nn.Module, probe: LayerProbe, chosen: int, stacklevel: int) -> None:
     """Warn when ``"auto"`` had to pass over later layers, or the model goes on with tokens."""
     name = probe.calls[chosen].name
     later = probe.calls[chosen + 1 :]
@@ -199,7 +208,7 @@ def _warn_if_doubtful(model: nn.Module, probe: LayerProbe, chosen: int) -> None:
             f"target_layer='auto' picked {name!r} for {type(model).__name__}, passing over later "
             f"spatial layers that run more than once per forward ({', '.join(map(repr, reused))}); "
             f"their calls cannot be told apart. Name the layer to explain if {name!r} is not it.",
-            stacklevel=5,
+            stacklevel=stacklevel,
         )
     if any(c.tokens for c in later):
         warnings.warn(
@@ -207,5 +216,5 @@ def _warn_if_doubtful(model: nn.Module, probe: LayerProbe, chosen: int) -> None:
             f"return (N, L, D) token sequences (a transformer stage): the last spatial layer is "
             f"then an early one. Name the layer to explain and pass reshape_transform= to turn "
             f"its tokens into (N, C, h, w).",
-            stacklevel=5,
+            stacklevel=stacklevel,
         )

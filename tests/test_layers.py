@@ -211,10 +211,13 @@ class TwiceNet(nn.Module):
 def test_auto_skips_module_running_twice():
     torch.manual_seed(0)
     model = TwiceNet().eval()
-    assert camlib.find_target_layer(model, images(1, 1, 8, 8)) == "conv2"
+    with pytest.warns(UserWarning, match=r"picked 'conv2'.*more than once.*\('relu'\)") as rec:
+        assert camlib.find_target_layer(model, images(1, 1, 8, 8)) == "conv2"
+    assert rec[0].filename == __file__  # the warning points at the caller
     explainer = camlib.GradCAM(model)
-    with pytest.warns(UserWarning, match=r"picked 'conv2'.*more than once.*\('relu'\)"):
+    with pytest.warns(UserWarning, match=r"picked 'conv2'.*more than once.*\('relu'\)") as rec:
         explainer(images(2, 1, 8, 8))
+    assert rec[0].filename == __file__
     assert explainer.layer_name == "conv2"
 
 

@@ -268,8 +268,11 @@ class TokenNet(nn.Module):
 def test_auto_warns_before_a_token_stage():
     torch.manual_seed(0)
     cam = camlib.GradCAM(TokenNet().eval())
-    with pytest.warns(UserWarning, match=r"picked 'embed'.*token sequences.*reshape_transform"):
+    with pytest.warns(
+        UserWarning, match=r"picked 'embed'.*token sequences.*reshape_transform"
+    ) as rec:
         maps = cam(batch(2, 16))
+    assert rec[0].filename == __file__  # the warning points at the user's call
     assert maps.shape == (2, 16, 16)
 
 
