@@ -178,14 +178,7 @@ def mnist_snippets(m: dict, source: Path) -> dict[str, str]:
         if m.get("quick")
         else ""
     )
-    run = quick
-    run += (
-        '!!! warning "Quick smoke run"\n'
-        "    These numbers and figures come from a `--quick` run (a few thousand training "
-        "images, one epoch per model), which only shows that every stage runs. Run the full "
-        "study and `python docs/gen_figures.py` again for the real results.\n\n"
-    )
-    run += (
+    run = quick + (
         f"The numbers and figures on this page come from one run: "
         f"{m['n_train']:,} training images (of {m['n_train_available']:,} in the data files), "
         f"{m['n_test']:,} test images, seed {m['seed']}, {v['torch_threads']} CPU threads, "
