@@ -53,6 +53,22 @@ class FunctionalConvNet(SmallConvNet):
         return self.fc(self.gap(x).flatten(1))
 
 
+class SharedReluNet(nn.Module):
+    """One nn.ReLU module called twice in forward (the last spatial module runs twice)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv1(x))
+        x = self.relu(self.conv2(x))
+        return self.fc(x.mean((2, 3)))
+
+
 def twin(model: SmallConvNet) -> FunctionalConvNet:
     """A FunctionalConvNet with the very same weights as ``model``."""
     other = FunctionalConvNet(model.conv1.in_channels, model.fc.out_features)

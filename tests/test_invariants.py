@@ -19,6 +19,7 @@ import camlib
 from conftest import (
     LAYER_METHODS,
     METHOD_NAMES,
+    SharedReluNet,
     SmallConvNet,
     count_hooks,
     left_alone,
@@ -81,22 +82,6 @@ class RaisingNet(SmallConvNet):
         if self.fail_at == "after" or (self.fail_at == "second" and self.calls >= 2):
             raise RuntimeError("boom after")
         return self.fc(self.gap(x).flatten(1))
-
-
-class SharedReluNet(nn.Module):
-    """One nn.ReLU module called twice in forward."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
-        self.conv2 = nn.Conv2d(4, 8, 3, padding=1)
-        self.relu = nn.ReLU()
-        self.fc = nn.Linear(8, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.conv1(x))
-        x = self.relu(self.conv2(x))
-        return self.fc(x.mean((2, 3)))
 
 
 class UnusedLayerNet(SmallConvNet):

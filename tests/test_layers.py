@@ -13,7 +13,7 @@ from torch import nn
 
 import camlib
 
-from conftest import ModelState, small
+from conftest import ModelState, SharedReluNet, small
 
 
 @functools.cache
@@ -192,25 +192,9 @@ def test_auto_depends_on_input_shape():
     assert explainer.layer_name == "relu2" and explainer.target_layer is model.relu2
 
 
-class TwiceNet(nn.Module):
-    """The last spatial module (a shared ReLU) runs twice: it must be skipped."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
-        self.conv2 = nn.Conv2d(4, 8, 3, padding=1)
-        self.relu = nn.ReLU()
-        self.fc = nn.Linear(8, 10)
-
-    def forward(self, x):
-        x = self.relu(self.conv1(x))
-        x = self.relu(self.conv2(x))
-        return self.fc(x.mean((2, 3)))
-
-
 def test_auto_skips_module_running_twice():
     torch.manual_seed(0)
-    model = TwiceNet().eval()
+    model = SharedReluNet().eval()
     with pytest.warns(UserWarning, match=r"picked 'conv2'.*more than once.*\('relu'\)") as rec:
         assert camlib.find_target_layer(model, images(1, 1, 8, 8)) == "conv2"
     assert rec[0].filename == __file__  # the warning points at the caller
