@@ -128,7 +128,7 @@ def write_report(path: Path, r: dict, settings) -> None:
         '**predicted** class and for the **true** class side by side ("why 7 and not 1"), '
         "then Guided Grad-CAM (Guided Backprop x Grad-CAM, grey = 0, bright = positive "
         "evidence, dark = negative) for both. Grad-CAM explains layer "
-        f"`{b['gradcam_layer']}` (24x24, upsampled bilinearly).\n"
+        f"`{b['layer']}` (24x24, upsampled bilinearly).\n"
     )
     if bm["n_shown"]:
         add(f"![Baseline mistakes]({fig['baseline_mistakes']})\n")
@@ -206,7 +206,7 @@ def write_report(path: Path, r: dict, settings) -> None:
         add(f"![Improved model mistakes]({fig['improved_mistakes']})\n")
         add(
             "Its most confident remaining mistakes, explained the same way (Grad-CAM of layer "
-            f"`{i['cam_layer']}`, 7x7, upsampled). With the GAP head Grad-CAM is exactly CAM "
+            f"`{i['layer']}`, 7x7, upsampled). With the GAP head Grad-CAM is exactly CAM "
             "(section 4): each map is the per-position contribution to the class logit, so the "
             "predicted-class and true-class maps show where the model found evidence for each "
             f"reading of the digit. Over all {im['n_mistakes']} mistakes the predicted-class map "

@@ -435,82 +435,64 @@ def run_study(
         "versions": versions(),
     }
 
-    # 1-2. baseline -------------------------------------------------------------------
-    with clock("baseline: train"):
-        torch.manual_seed(seed)
-        base = BaselineNet()
-        base_hist = train(
-            base,
-            data.train_x,
-            data.train_y,
-            data.test_x,
-            data.test_y,
-            s.baseline,
-            seed=seed + 1,
-            name="baseline",
-            progress=progress,
-        )
-    with clock("baseline: measure"):
-        base_res, (base_ev, base_cm, base_pc) = measure(base, data, seed + 2, s.max_shift_px)
-        base_res.update(
-            architecture=repr(base),
-            train_config=asdict(s.baseline),
-            history=base_hist.as_dict(),
-            gradcam_layer=BaselineNet.CAM_LAYER,
-        )
-        _checkpoint(base, out / "baseline.pt", base_res, seed)
-    print(f"   baseline test accuracy {100 * base_res['test_accuracy']:.2f}%", flush=True)
-    with clock("baseline: explain mistakes"):
-        base_res["mistakes"] = explain_mistakes(
-            base,
-            BaselineNet.CAM_LAYER,
-            data,
-            base_ev,
-            s.n_mistakes_shown,
-            s.chunk,
-            "Baseline: its most confident mistakes",
-            figpath("baseline_mistakes", "baseline_mistakes.png"),
-        )
-    result["baseline"] = base_res
+    # 1-4. the baseline, then the improved model: train, measure, explain the mistakes ----
+    def study(name: str, model, config, train_seed: int, layer: str, title: str):
+        with clock(f"{name}: train"):
+            history = train(
+                model,
+                data.train_x,
+                data.train_y,
+                data.test_x,
+                data.test_y,
+                config,
+                seed=train_seed,
+                name=name,
+                progress=progress,
+            )
+        with clock(f"{name}: measure"):
+            res, (ev, cm, per_class) = measure(model, data, seed + 2, s.max_shift_px)
+            res.update(
+                architecture=repr(model),
+                train_config=asdict(config),
+                history=history.as_dict(),
+                layer=layer,
+            )
+            _checkpoint(model, out / f"{name}.pt", res, seed)
+        print(f"   {name} test accuracy {100 * res['test_accuracy']:.2f}%", flush=True)
+        with clock(f"{name}: explain mistakes"):
+            res["mistakes"] = explain_mistakes(
+                model,
+                layer,
+                data,
+                ev,
+                s.n_mistakes_shown,
+                s.chunk,
+                title,
+                figpath(f"{name}_mistakes", f"{name}_mistakes.png"),
+            )
+        result[name] = res
+        return history, cm, per_class
 
-    # 3-4. improved -------------------------------------------------------------------
-    with clock("improved: train"):
-        torch.manual_seed(seed)
-        imp = ImprovedNet()
-        imp_hist = train(
-            imp,
-            data.train_x,
-            data.train_y,
-            data.test_x,
-            data.test_y,
-            s.improved,
-            seed=seed + 3,
-            name="improved",
-            progress=progress,
-        )
-    with clock("improved: measure"):
-        imp_res, (imp_ev, imp_cm, imp_pc) = measure(imp, data, seed + 2, s.max_shift_px)
-        imp_res.update(
-            architecture=repr(imp),
-            train_config=asdict(s.improved),
-            history=imp_hist.as_dict(),
-            cam_layer=ImprovedNet.CAM_LAYER,
-            channels=list(imp.channels),
-        )
-        _checkpoint(imp, out / "improved.pt", imp_res, seed)
-    print(f"   improved test accuracy {100 * imp_res['test_accuracy']:.2f}%", flush=True)
-    with clock("improved: explain mistakes"):
-        imp_res["mistakes"] = explain_mistakes(
-            imp,
-            ImprovedNet.CAM_LAYER,
-            data,
-            imp_ev,
-            s.n_mistakes_shown,
-            s.chunk,
-            "Improved model: its most confident remaining mistakes",
-            figpath("improved_mistakes", "improved_mistakes.png"),
-        )
-    result["improved"] = imp_res
+    torch.manual_seed(seed)
+    base_hist, base_cm, base_pc = study(
+        "baseline",
+        BaselineNet(),
+        s.baseline,
+        seed + 1,
+        BaselineNet.CAM_LAYER,
+        "Baseline: its most confident mistakes",
+    )
+    torch.manual_seed(seed)
+    imp = ImprovedNet()
+    imp_hist, imp_cm, imp_pc = study(
+        "improved",
+        imp,
+        s.improved,
+        seed + 3,
+        ImprovedNet.CAM_LAYER,
+        "Improved model: its most confident remaining mistakes",
+    )
+    result["improved"]["channels"] = list(imp.channels)
     figures.training_curves(
         {"baseline": base_hist.as_dict(), "improved": imp_hist.as_dict()},
         figpath("training_curves", "training_curves.png"),
