@@ -261,8 +261,8 @@ class Explainer:
                 f"with .float() (and normalise them as the model expects)"
             )
         # The dtype is left to the model: its forward may cast (torch names any mismatch).
-        param = _first_tensor(self.model)
-        return inputs if param is None or inputs.device == param.device else inputs.to(param.device)
+        device = _model_device(self.model)
+        return inputs if device is None or inputs.device == device else inputs.to(device)
 
     def _pick_layer(self, inputs: torch.Tensor) -> None:
         key = tuple(inputs.shape[1:])
@@ -279,12 +279,11 @@ class Explainer:
         self.target_layer = resolve_layer(self.model, self.layer_name)
 
 
-def _first_tensor(model: nn.Module) -> torch.Tensor | None:
-    """The model's first parameter (else buffer): where its device and dtype are read."""
+def _model_device(model: nn.Module) -> torch.device | None:
     for tensor in model.parameters():
-        return tensor
+        return tensor.device
     for tensor in model.buffers():
-        return tensor
+        return tensor.device
     return None
 
 
