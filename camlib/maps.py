@@ -43,9 +43,5 @@ def normalize_absmax(maps: torch.Tensor) -> torch.Tensor:
     """Scale each signed map by its largest absolute value, to [-1, 1]; zeros stay zeros."""
     flat = maps.flatten(1)
     peak = flat.abs().amax(dim=1, keepdim=True)
-    return (flat / _nonzero(peak)).view_as(maps)
-
-
-def _nonzero(t: torch.Tensor) -> torch.Tensor:
-    """``t`` with zeros replaced by ones, as a safe divisor (subnormal values are kept)."""
-    return torch.where(t > 0, t, torch.ones_like(t))
+    # divide by 1 where the map is all zeros; a subnormal peak is kept (exact [-1, 1])
+    return (flat / peak.masked_fill_(peak == 0, 1.0)).view_as(maps)

@@ -16,7 +16,7 @@ from torch import nn
 
 import camlib
 
-from conftest import METHOD_NAMES, ModelState, SmallConvNet, batch, make, small
+from conftest import METHOD_NAMES, SmallConvNet, batch, left_alone, make, small
 
 # --------------------------------------------------------------------------------------
 # maps of a 1x1 layer, and constant maps after upsampling
@@ -87,13 +87,12 @@ def test_cam_in_training_mode_with_dropout_says_so():
         nn.Dropout(0.5),
         nn.Linear(8, 10),
     ).train()
-    state = ModelState.of(model)
     with (
+        left_alone(model),
         pytest.warns(UserWarning, match="training mode"),
         pytest.raises(camlib.LayerError, match=r"training mode.*model\.eval\(\)"),
     ):
         camlib.CAM(model, "1")(batch(4))
-    state.assert_unchanged(model)
 
 
 # --------------------------------------------------------------------------------------
@@ -144,10 +143,8 @@ def test_numpy_and_tensor_class_indices(targets):
 )
 def test_bad_target_types_are_named(targets, match):
     model = small()
-    state = ModelState.of(model)
-    with pytest.raises(camlib.TargetError, match=match):
+    with left_alone(model), pytest.raises(camlib.TargetError, match=match):
         camlib.GradCAM(model, "relu3")(batch(), targets=targets)
-    state.assert_unchanged(model)
 
 
 def test_one_element_list_is_not_broadcast():
