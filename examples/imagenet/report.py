@@ -1,0 +1,115 @@
+"""``report.md``: the example's predictions, figures and canvas measurements in Markdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def pct(x: float) -> str:
+    return "n/a" if x != x else f"{100 * x:.1f} %"
+
+
+def write_report(path: Path, r: dict) -> None:
+    """Write the Markdown report for the result dictionary ``r`` (see ``metrics.json``)."""
+    v, fig, cv = r["versions"], r["figures"], r["canvas"]
+    methods = r["methods"]
+    lines: list[str] = []
+    add = lines.append
+
+    add("# ImageNet photos with camlib: EfficientNet-Lite0, every method, class by class\n")
+    if r["quick"]:
+        add(
+            "> **Quick run** (`--quick`): two photos and three methods, to check that every "
+            "step runs. Run without `--quick` for every photo and every method.\n"
+        )
+    add(
+        f"Reproduce: `python -m examples.imagenet --out OUT{' --quick' if r['quick'] else ''}` "
+        f"(`make imagenet`). Model: {r['model']}, input 224 x 224 scaled as (RGB - 127) / 128 "
+        f"after resizing the shorter side to 224 and centre-cropping. Layer explained: "
+        f"`{r['layer']}` (the head's 7 x 7 x 1280 feature map after its ReLU6; "
+        f"`_swish` also runs in the stem, so `@-1` names its last call). "
+        f"torch {v['torch']}, camlib {v['camlib']}, {v['torch_threads']} thread(s); "
+        f"total wall time {r['total_seconds']:.0f} s. Every number is also in `metrics.json`.\n"
+    )
+
+    add("## Predictions\n")
+    add("| photo | what it shows | top-1 | p | next four |")
+    add("| --- | --- | --- | ---: | --- |")
+    for name, p in r["photos"].items():
+        t = p["top5"]
+        rest = ", ".join(f"{c['name']} {c['p']:.2f}" for c in t[1:])
+        add(f"| {name} | {p['what']} | **{t[0]['name']}** | {t[0]['p']:.2f} | {rest} |")
+    add("")
+    if "overview" in fig:
+        add(
+            "Each photo's top class, with Grad-CAM (red: where the evidence for the class lies) "
+            "and Guided Grad-CAM (the Guided Backprop gradient masked by Grad-CAM: the "
+            "fine edges and textures that raise the class score; grey is zero):\n"
+        )
+        add(f"![Overview: top class per photo]({fig['overview']})\n")
+
+    add(f"## Top-{r['top_k']} classes, every method\n")
+    add(
+        "One figure per photo: a row per class (the model's top "
+        f"{r['top_k']}, with their probabilities), a column per method. "
+        "A class-discriminative method draws different maps for different classes where "
+        "their evidence lies in different places; for near-synonyms (three kinds of cat) "
+        "it highlights the same object with different weight on its parts. The next "
+        "section measures how class-discriminative each method is.\n"
+    )
+    add(
+        "Guided Backprop and Guided Grad-CAM panels are scaled by the 99.5th percentile of "
+        "|g| and clipped, so that a few extreme pixels do not leave the rest mid-grey.\n"
+    )
+    for name in r["photos"]:
+        add(f"### {name}\n")
+        add(f"![{name}: top classes by method]({fig[f'photo_{name}']})\n")
+
+    left, right = cv["photos"]
+    cls = cv["classes"]
+    add("## Two photos, two classes\n")
+    add(
+        f"The central strips of `{left}` and `{right}` pasted side by side on one 224 x 224 "
+        f"input, in both orders. Each half's class - the model's top-1 on that photo alone: "
+        f"**{cls[left]['name']}** and **{cls[right]['name']}** - is explained in turn. A "
+        "class-discriminative map puts its mass in the half that holds its photo. 'Share' is "
+        "the map's mass (the [0, 1] map, or |g| summed over colour channels for the signed "
+        "maps) in that half; 'peak' says whether the map's maximum lies there.\n"
+    )
+    for key, o in cv["orders"].items():
+        top5 = ", ".join(f"{c['name']} {c['p']:.2f}" for c in o["top5"])
+        add(f"- `{key}`: top-5 {top5}")
+    add("")
+    add(
+        "| method | "
+        + " | ".join(
+            f"{n} share ({o.split(' left')[0]} left)"
+            for o in cv["orders"]
+            for n in cv["orders"][o]["methods"][methods[0]]
+        )
+        + " | mean share | peaks in own half |"
+    )
+    add("| --- | " + " | ".join("---:" for _ in range(2 * len(cv["orders"]) + 2)) + " |")
+    for m in methods:
+        cells, peaks = [], 0
+        for o in cv["orders"].values():
+            for n in o["methods"][m]:
+                cells.append(pct(o["methods"][m][n]["share_in_own_half"]))
+                peaks += o["methods"][m][n]["peak_in_own_half"]
+        add(
+            f"| `{m}` | "
+            + " | ".join(cells)
+            + f" | **{pct(cv['mean_share_in_own_half'][m])}** | {peaks} / {len(cells)} |"
+        )
+    add("")
+    add("50 % is no preference for either half.\n")
+    add(f"![Two photos side by side, each class explained]({fig['canvas']})\n")
+
+    add("## Time per method\n")
+    add("Wall time of all of each method's calls (every photo and the canvas):\n")
+    add("| method | seconds |")
+    add("| --- | ---: |")
+    for m, t in r["method_seconds"].items():
+        add(f"| `{m}` | {t:.1f} |")
+    add("")
+    path.write_text("\n".join(lines), encoding="utf-8")
