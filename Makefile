@@ -7,16 +7,22 @@ PY := $(VENV)/bin/python
 DATA ?= $(if $(wildcard ../shared/mnist/MNIST/raw),../shared/mnist,data)
 OUT ?= runs/mnist
 
-.PHONY: demo test lint docs bench clean
+.PHONY: demo imagenet binary test lint docs bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,docs]"
+	$(PY) -m pip install -q -e ".[dev,docs,examples]"
 	touch $@
 
 demo: $(VENV)/.installed
 	$(PY) -m examples.mnist --data-root $(DATA) --out $(OUT)
+
+imagenet: $(VENV)/.installed
+	$(PY) -m examples.imagenet --out runs/imagenet
+
+binary: $(VENV)/.installed
+	$(PY) -m examples.binary --out runs/binary
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
