@@ -1,4 +1,4 @@
-"""camlib: class activation maps for PyTorch CNNs.
+"""camlib: class activation maps for PyTorch models.
 
 >>> import camlib
 >>> with camlib.GradCAM(model, target_layer="layer4") as cam:   # doctest: +SKIP
@@ -7,35 +7,64 @@
 
 from __future__ import annotations
 
-from . import metrics, viz
-from .base import METHODS, Explainer, explain, get_method, register
+from . import layouts, metrics, targets, viz
+from .base import METHODS, Explainer, MethodError, available_methods, explain, get_method, register
 from .errors import CamlibError, InputError, LayerError, TargetError
 from .layers import find_target_layer, layer_name, resolve_layer
-from .maps import normalize_absmax, normalize_minmax, upsample
-from .methods import CAM, GradCAM, GuidedBackprop, GuidedGradCAM
+from .maps import fuse, normalize_absmax, normalize_minmax, upsample
+from .methods import (
+    CAM,
+    AblationCAM,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    GuidedBackprop,
+    GuidedGradCAM,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from .smooth import Smooth
+from .targets import DetectionTarget, SegmentationTarget
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CAM",
     "METHODS",
+    "AblationCAM",
     "CamlibError",
+    "DetectionTarget",
+    "EigenCAM",
     "Explainer",
     "GradCAM",
+    "GradCAMPlusPlus",
     "GuidedBackprop",
     "GuidedGradCAM",
+    "HiResCAM",
     "InputError",
+    "LayerCAM",
     "LayerError",
+    "MethodError",
+    "ScoreCAM",
+    "SegmentationTarget",
+    "Smooth",
     "TargetError",
+    "XGradCAM",
+    "available_methods",
     "explain",
     "find_target_layer",
+    "fuse",
     "get_method",
     "layer_name",
+    "layouts",
     "metrics",
     "normalize_absmax",
     "normalize_minmax",
     "register",
     "resolve_layer",
+    "targets",
     "upsample",
     "viz",
 ]

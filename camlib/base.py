@@ -1,56 +1,110 @@
 """The one interface every method shares, the method registry, and :func:`explain`.
 
 A method is a subclass of :class:`Explainer` that implements :meth:`Explainer.attribute`
-(the raw maps for a batch) and registers itself with :func:`register`. Everything else -
-input checks, layer resolution, the one forward pass with its hooks, the chosen classes
-and scores, upsampling and normalisation - lives here and in the modules it calls.
+(raw maps for a batch, one per target layer) and registers itself with :func:`register`.
+Most methods subclass a family in :mod:`camlib.methods.families` and state only their
+weighting. Everything else - input checks, layer resolution, the hooked forward pass,
+the chosen classes and scores, upsampling, normalisation and multi-layer fusion - lives
+here and in the modules it calls.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
-from collections.abc import Callable
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
-from .capture import Capture, Graph, run_forward
-from .errors import CamlibError, InputError, LayerError
+from .capture import Capture, Edit, Graph, run_forward
+from .errors import CamlibError, InputError, LayerError, TargetError, warn
 from .guided_relu import GuideSwitch
-from .layers import LayerSpec, find_target_layer, layer_name, resolve_layer
-from .maps import normalize_minmax, upsample
+from .inputs import check_inputs, model_device
+from .layers import LayerRef, LayerSpec, _pick, parse_layer, probe_layers
+from .layouts import Arrangement, arrange, check_layout
+from .maps import fuse as fuse_maps
+from .maps import normalize_absmax, normalize_minmax, upsample
 from .targets import Targets, check_targets
 
 logger = logging.getLogger("camlib")
 
-METHODS: dict[str, type[Explainer]] = {}
-"""Registered methods by name (``"cam"``, ``"gradcam"``, ...); see :func:`register`."""
-
 E = TypeVar("E", bound="type[Explainer]")
 
 
+def _key(name: str) -> str:
+    """Registry names ignore case, ``-``, ``_`` and spaces: ``Grad-CAM`` is ``gradcam``."""
+    return "".join(c for c in str(name).lower() if c not in "-_ ")
+
+
+class _Registry(dict):
+    """Methods by name; look-ups normalise the name (see :func:`_key`)."""
+
+    def __getitem__(self, name: str) -> type[Explainer]:
+        return super().__getitem__(_key(name))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(_key(name))
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(_key(name), default)
+
+
+METHODS: dict[str, type[Explainer]] = _Registry()
+"""Registered methods by name (``"cam"``, ``"gradcam"``, ``"gradcam++"``, ...); see :func:`register`."""
+
+
 def register(*names: str) -> Callable[[E], E]:
-    """Class decorator: make a method available as ``camlib.explain(..., method=name)``."""
+    """Class decorator: make a method available as ``camlib.explain(..., method=name)``.
+
+    The first name is the method's main name (``cls.name``), the others aliases. Names
+    ignore case, ``-``, ``_`` and spaces. A registered method works everywhere the
+    built-ins do: :func:`explain`, several layers, :class:`camlib.Smooth`, the CLI.
+    """
+    if not names:
+        raise CamlibError("register() needs at least one name, e.g. @camlib.register('mine')")
 
     def add(cls: E) -> E:
+        if not (isinstance(cls, type) and issubclass(cls, Explainer)):
+            raise CamlibError(f"@register({names[0]!r}) decorates Explainer subclasses, not {cls!r}")
         for name in names:
-            METHODS[name.lower()] = cls
+            dict.__setitem__(METHODS, _key(name), cls)
         cls.name = names[0]
         return cls
 
     return add
 
 
+def available_methods() -> list[str]:
+    """The main names of every registered method, plugins included, sorted."""
+    _load_plugins()
+    return sorted({cls.name for cls in METHODS.values()})
+
+
 def get_method(name: str) -> type[Explainer]:
     """The :class:`Explainer` subclass registered under ``name`` (case-insensitive)."""
+    if name not in METHODS:
+        _load_plugins()
     try:
-        return METHODS[name.lower()]
-    except KeyError:
-        raise CamlibError(
-            f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}"
+        return METHODS[name]
+    except (KeyError, TypeError):
+        raise MethodError(
+            f"unknown method {name!r}; available: {', '.join(available_methods())}"
         ) from None
+
+
+def _load_plugins() -> None:
+    try:
+        from .plugins import load_plugins
+    except ImportError:  # pragma: no cover - plugins.py ships with camlib
+        return
+    load_plugins()
+
+
+class MethodError(CamlibError, ValueError):
+    """An unknown method name or an option a method does not take."""
 
 
 class Explainer:
@@ -64,33 +118,54 @@ class Explainer:
 
     Hooks live only during a call; after it (and after the ``with`` block) the model has
     exactly the hooks, modules, mode, ``requires_grad`` flags and ``.grad`` it had before.
+    One explainer serves one call at a time (calls from several threads wait for each
+    other); several explainers may share one model across threads.
 
     Args:
         model: the network to explain. camlib never calls ``eval()`` on it; it warns if
             the model is in training mode.
-        target_layer: a dotted name (``"layer4.1.conv2"``), a module of ``model``, or
-            ``"auto"``/``None`` to pick the last spatial layer (see
-            :func:`camlib.layers.find_target_layer`).
-        reshape_transform: optional function mapping the layer's output (and its
-            gradient) to (N, C, h, w), for layers that return tokens.
+        target_layer: a dotted name (``"layer4.1.conv2"``; ``"act@-1"`` for the last call
+            of a reused module, ``"norm:input"`` for a module's input), a module of
+            ``model``, ``"auto"``/``None`` to pick the last spatial layer (see
+            :func:`camlib.layers.find_target_layer`), or a list of these to fuse several
+            layers' maps.
+        reshape_transform: optional function mapping a layer's output (and its gradient)
+            to (N, C, *grid), for layouts camlib cannot read by itself.
+        layout: state a layer's layout instead of letting camlib read it:
+            ``"channels_first"``, ``"channels_last"`` or ``"tokens"`` (see
+            :mod:`camlib.layouts`).
+        fuse: how several layers' maps combine: ``"mean"`` (default) or ``"max"``.
 
     Attributes:
-        layer_name: dotted name of the layer being explained (set once it is known).
-        target_layer: the module being explained.
-        classes: (N,) classes explained by the last call (``None`` for a callable target).
+        layer_name: name of the (first) layer explained (set once it is known).
+        layer_names: names of all layers explained.
+        target_layer: the (first) module explained.
+        classes: (N,) classes explained by the last call (``None`` for a callable target,
+            and after a call that failed).
         scores: (N,) model scores for those classes, detached.
     """
 
     name: ClassVar[str] = ""
     uses_layer: ClassVar[bool] = True
     """Whether the method explains an inner layer (CAM, Grad-CAM) or only the input."""
+    signed: ClassVar[bool] = False
+    """Whether maps are signed (N, C, *size) input maps in [-1, 1] (guided methods)
+    rather than (N, *size) heatmaps in [0, 1]."""
+    graph: ClassVar[Graph] = "from_layer"
+    """How much autograd graph the method's forward pass records (see :mod:`camlib.capture`)."""
+    class_targets_only: ClassVar[bool] = False
+    """Whether the method explains class scores only (no callable targets)."""
+
+    _CACHE_SIZE: ClassVar[int] = 16
 
     def __init__(
         self,
         model: nn.Module,
-        target_layer: LayerSpec = "auto",
+        target_layer: LayerSpec | Sequence[LayerSpec] = "auto",
         *,
         reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        layout: str | None = None,
+        fuse: str = "mean",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -100,17 +175,39 @@ class Explainer:
                 "not run inside a scripted or traced graph, so the maps would be wrong. Pass "
                 "the eager nn.Module instead."
             )
+        if fuse not in ("mean", "max"):
+            raise MethodError(f"fuse must be 'mean' or 'max', got {fuse!r}")
         self.model = model
         self.reshape_transform = reshape_transform
-        self.target_layer: nn.Module | None = None
-        self.layer_name: str | None = None
-        self._auto_layers: dict[tuple[int, ...], str] = {}
-        self._auto = self.uses_layer and (target_layer is None or target_layer == "auto")
-        if self.uses_layer and not self._auto:
-            self.target_layer = resolve_layer(model, target_layer)  # type: ignore[arg-type]
-            self.layer_name = layer_name(model, self.target_layer)
+        self.layout = check_layout(layout)
+        self.fuse = fuse
         self.classes: torch.Tensor | None = None
         self.scores: torch.Tensor | None = None
+        self._lock = threading.RLock()
+        self._resolved: OrderedDict[tuple, list[LayerRef]] = OrderedDict()
+        self._forward_args: tuple = ()
+        specs = list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]
+        if not specs:
+            raise LayerError("target_layer is an empty list; name at least one layer or 'auto'")
+        self._auto = [s is None or (isinstance(s, str) and s == "auto") for s in specs]
+        if any(self._auto) and len(specs) > 1:
+            raise LayerError("'auto' cannot be combined with other layers in a target_layer list")
+        self.layers: list[LayerRef] = []
+        if self.uses_layer and not self._auto[0]:
+            self.layers = [parse_layer(model, s) for s in specs]  # type: ignore[arg-type]
+
+    # -- names -----------------------------------------------------------------------
+    @property
+    def layer_names(self) -> list[str]:
+        return [ref.spec for ref in self.layers]
+
+    @property
+    def layer_name(self) -> str | None:
+        return self.layers[0].spec if self.layers else None
+
+    @property
+    def target_layer(self) -> nn.Module | None:
+        return self.layers[0].module if self.layers else None
 
     # -- context manager -------------------------------------------------------------
     def __enter__(self) -> Explainer:
@@ -135,48 +232,93 @@ class Explainer:
         *,
         upsample: bool = True,
         normalize: bool = True,
+        additional_forward_args: Any = None,
     ) -> torch.Tensor:
         """Explain a batch.
 
         Args:
-            inputs: (N, C, H, W) images on any device (moved to the model's device).
+            inputs: (N, C, H, W) images ((N, C, L) signals, (N, C, D, H, W) volumes) on
+                any device (moved to the model's device).
             targets: ``None`` (top class), an int, N ints, or ``output -> (N,)`` scores.
-            upsample: resize maps to (H, W) bilinearly (``align_corners=False``).
+            upsample: resize maps to the input's size (linear/bilinear/trilinear,
+                ``align_corners=False``).
             normalize: scale each map to [0, 1] (signed methods: [-1, 1]).
+            additional_forward_args: further positional argument(s) of the model's
+                forward (a tuple for several); only ``inputs`` is explained.
 
         Returns:
-            The maps, a tensor on the model's device.
+            The maps, a float32 tensor on the model's device (the model's float dtype
+            when it is float64).
         """
-        inputs = self._check_inputs(inputs)
-        targets = check_targets(targets, inputs.shape[0])
-        if self.model.training:
-            warnings.warn(
-                f"{type(self.model).__name__} is in training mode: BatchNorm running statistics "
-                "will be updated and dropout is active. Call model.eval() before explaining.",
-                stacklevel=2,
-            )
-        # Gradients are needed whatever the caller's mode (torch.no_grad(), inference_mode);
-        # the caller's mode is back on return, and the maps carry no autograd history.
-        with torch.inference_mode(False), torch.enable_grad():
-            if inputs.is_inference():  # made under torch.inference_mode(): copy out
-                inputs = inputs.clone()
-            if self._auto:
-                self._pick_layer(inputs)
-            raw = self.attribute(inputs, targets)
-        with torch.no_grad():
-            size = (inputs.shape[-2], inputs.shape[-1])
-            return self.postprocess(raw.detach(), size, upsample, normalize)
+        with self._lock:
+            self.classes = self.scores = None
+            inputs = check_inputs(self.model, inputs)
+            targets = check_targets(targets, inputs.shape[0])
+            if callable(targets) and self.class_targets_only:
+                raise TargetError(
+                    f"{type(self).__name__} explains class scores only; a callable target needs "
+                    f"a gradient or perturbation method (e.g. GradCAM)"
+                )
+            if not upsample and len(self.layers) > 1:
+                raise LayerError(
+                    f"{len(self.layers)} target layers are fused at the input's size, so "
+                    f"upsample=False cannot keep each layer's own size; explain one layer at a "
+                    f"time for raw maps"
+                )
+            if self.model.training:
+                warn(
+                    f"{type(self.model).__name__} is in training mode: BatchNorm running "
+                    "statistics will be updated and dropout is active. Call model.eval() "
+                    "before explaining."
+                )
+            self._forward_args = _as_args(additional_forward_args)
+            try:
+                # Gradients are needed whatever the caller's mode (no_grad, inference_mode);
+                # the caller's mode is back on return, and maps carry no autograd history.
+                with torch.inference_mode(False), torch.enable_grad():
+                    if inputs.is_inference():  # made under torch.inference_mode(): copy out
+                        inputs = inputs.clone()
+                    if self.uses_layer:
+                        self._resolve_layers(inputs)
+                    raw = self.attribute(inputs, targets)
+                with torch.no_grad():
+                    raws = [r.detach() for r in (raw if isinstance(raw, list) else [raw])]
+                    return self.postprocess(raws, tuple(inputs.shape[2:]), upsample, normalize)
+            finally:
+                self._forward_args = ()
 
-    def attribute(self, inputs: torch.Tensor, targets: Targets) -> torch.Tensor:
-        """Raw maps for a checked batch on the model's device. Implemented by each method."""
+    def attribute(
+        self, inputs: torch.Tensor, targets: Targets
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Raw maps for a checked batch on the model's device, one per target layer.
+
+        Implemented by each method (or its family); see :mod:`camlib.methods.families`.
+        """
         raise NotImplementedError
 
     def postprocess(
-        self, raw: torch.Tensor, size: tuple[int, int], do_upsample: bool, do_normalize: bool
+        self, raws: list[torch.Tensor], size: tuple[int, ...], do_upsample: bool,
+        do_normalize: bool,
     ) -> torch.Tensor:
-        """Default for (N, h, w) maps: bilinear upsampling, then per-image min-max to [0, 1]."""
-        maps = upsample(raw, size) if do_upsample else raw
-        return normalize_minmax(maps) if do_normalize else maps
+        """Raw maps -> the returned maps.
+
+        Heatmaps (N, *grid): each layer's map is upsampled to ``size`` and min-max
+        normalised to [0, 1]; several layers' maps are then fused (mean or max) and the
+        result normalised again. Signed input maps (N, C, *size): divided by their
+        largest absolute value. Computed in float32 (float64 stays float64).
+        """
+        raws = [r if r.dtype == torch.float64 else r.float() for r in raws]
+        if self.signed:
+            return self.normalize_maps(raws[0]) if do_normalize else raws[0]
+        if len(raws) == 1:
+            maps = upsample(raws[0], size) if do_upsample else raws[0]
+            return normalize_minmax(maps) if do_normalize else maps
+        fused = fuse_maps([normalize_minmax(upsample(r, size)) for r in raws], self.fuse)
+        return normalize_minmax(fused) if do_normalize else fused
+
+    def normalize_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """The method's normalisation: min-max to [0, 1], or abs-max for signed maps."""
+        return normalize_absmax(maps) if self.signed else normalize_minmax(maps)
 
     # -- helpers for methods -----------------------------------------------------------
     def forward(
@@ -184,128 +326,185 @@ class Explainer:
         inputs: torch.Tensor,
         targets: Targets,
         *,
-        graph: Graph,
+        graph: Graph | None = None,
         guide: GuideSwitch | None = None,
+        layers: Sequence[LayerRef] | None = None,
+        edit: Edit | None = None,
+        forward_args: tuple | None = None,
+        record: bool = True,
     ) -> Capture:
-        """Run the model once with the target layer captured; record classes and scores."""
+        """Run the model once with the target layers captured; record classes and scores."""
         cap = run_forward(
             self.model,
             inputs,
             targets,
-            layer=self.target_layer if self.uses_layer else None,
-            layer_name=self.layer_name or "",
-            graph=graph,
+            layers=self.layers if layers is None else layers,
+            graph=self.graph if graph is None else graph,
             guide=guide,
+            forward_args=self._forward_args if forward_args is None else forward_args,
+            edit=edit,
         )
-        self.classes = cap.classes
-        self.scores = cap.scores.detach()
+        if record:
+            self.classes = cap.classes
+            self.scores = cap.scores.detach() if cap.scores is not None else None
         return cap
 
-    def feature_map(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Apply ``reshape_transform`` and check the result is (N, C, h, w)."""
-        if self.reshape_transform is None:
-            if tensor.dim() != 4:
-                raise LayerError(
-                    f"target layer {self.layer_name!r} returned a tensor of shape "
-                    f"{tuple(tensor.shape)}; {type(self).__name__} needs an (N, C, h, w) feature "
-                    f"map. Choose a convolutional layer (target_layer='auto' picks the last one), "
-                    f"or pass reshape_transform= to turn token outputs into (N, C, h, w)."
-                )
-            return tensor
-        out = self.reshape_transform(tensor)
-        if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[0] != tensor.shape[0]:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise LayerError(
-                f"reshape_transform turned the {tuple(tensor.shape)} output of layer "
-                f"{self.layer_name!r} into {got}; it must return (N, C, h, w) with the same N"
-            )
-        return out
+    def arrangement(self, i: int, tensor: torch.Tensor, inputs: torch.Tensor) -> Arrangement:
+        """How layer ``i``'s output becomes (N, C, *grid) (see :mod:`camlib.layouts`)."""
+        ref = self.layers[i]
+        return arrange(
+            tensor,
+            inputs.shape,
+            name=ref.spec,
+            module=ref.module,
+            layout=self.layout,
+            reshape_transform=self.reshape_transform,
+        )
 
-    def gradient(
-        self, scores: torch.Tensor, wrt: torch.Tensor, *, retain_graph: bool = False
-    ) -> torch.Tensor:
-        """d(sum of scores)/d(wrt) with ``torch.autograd.grad``: no parameter ``.grad``."""
+    def feature_maps(self, cap: Capture) -> tuple[list[torch.Tensor], list[Arrangement]]:
+        """Every captured activation laid out as (N, C, *grid), with its arrangement; the
+        shapes are checked here, before any backward pass."""
+        maps, arrangements = [], []
+        for i, act in enumerate(cap.activations):
+            a = self.arrangement(i, act, cap.inputs)
+            fm = a.apply(act.detach())
+            self._check_map(i, fm, cap.inputs)
+            maps.append(fm)
+            arrangements.append(a)
+        return maps, arrangements
+
+    def _check_map(self, i: int, fm: object, inputs: torch.Tensor) -> None:
+        ref = self.layers[i]
+        want = inputs.dim()
+        if (
+            not isinstance(fm, torch.Tensor)
+            or fm.dim() != want
+            or fm.shape[0] != inputs.shape[0]
+        ):
+            got = tuple(fm.shape) if isinstance(fm, torch.Tensor) else type(fm).__name__
+            via = "reshape_transform turned" if self.reshape_transform else "camlib laid out"
+            raise LayerError(
+                f"{via} the output of layer {ref.spec!r} into {got}; {type(self).__name__} "
+                f"needs (N, C, *positions) with {want} dimensions and the same N as the "
+                f"inputs {tuple(inputs.shape)}"
+            )
+        if fm.shape[2:].numel() == 1:
+            raise LayerError(
+                f"layer {ref.spec!r} gives a map with a single position (shape "
+                f"{tuple(fm.shape)}): every map would be constant. Choose a layer before the "
+                f"global pooling ('auto' picks the last one with positions)."
+            )
+
+    def gradients(
+        self, scores: torch.Tensor, wrt: Sequence[torch.Tensor], *, retain_graph: bool = False
+    ) -> list[torch.Tensor]:
+        """d(sum of scores)/d(each of ``wrt``) with one ``torch.autograd.grad``: no ``.grad``."""
         if not scores.requires_grad:
             hint = (
                 "; the custom target must return scores computed from the model output"
                 if self.classes is None
                 else " (the model output does not use it)"
             )
-            raise LayerError(f"the target scores do not depend on {self._what(wrt)}{hint}")
-        (grad,) = torch.autograd.grad(
-            scores.sum(), wrt, retain_graph=retain_graph, allow_unused=True
+            raise LayerError(f"the target scores do not depend on {self._what()}{hint}")
+        grads = torch.autograd.grad(
+            scores.sum(), list(wrt), retain_graph=retain_graph, allow_unused=True
         )
-        if grad is None:
-            raise LayerError(f"the target scores do not depend on {self._what(wrt)}")
-        return grad
+        if any(g is None for g in grads):
+            raise LayerError(f"the target scores do not depend on {self._what()}")
+        return list(grads)  # type: ignore[arg-type]
 
-    def _what(self, wrt: torch.Tensor) -> str:
-        return f"layer {self.layer_name!r}" if self.uses_layer else "the input"
+    def gradient(
+        self, scores: torch.Tensor, wrt: torch.Tensor, *, retain_graph: bool = False
+    ) -> torch.Tensor:
+        """d(sum of scores)/d(wrt) (see :meth:`gradients`)."""
+        return self.gradients(scores, [wrt], retain_graph=retain_graph)[0]
 
-    def _check_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
-        if not isinstance(inputs, torch.Tensor):
-            raise InputError(
-                f"inputs must be a torch.Tensor batch (N, C, H, W), got {type(inputs).__name__}"
-            )
-        if inputs.dim() != 4:
-            hint = " Add a batch dimension with inputs.unsqueeze(0)." if inputs.dim() == 3 else ""
-            raise InputError(
-                f"inputs must be a batch of images of shape (N, C, H, W); got shape "
-                f"{tuple(inputs.shape)}.{hint}"
-            )
-        if inputs.shape[0] == 0:
-            raise InputError("inputs is an empty batch (N = 0)")
-        if not inputs.dtype.is_floating_point:
-            raise InputError(
-                f"inputs must be a floating-point tensor, got {inputs.dtype}; convert images "
-                f"with .float() (and normalise them as the model expects)"
-            )
-        # The dtype is left to the model: its forward may cast (torch names any mismatch).
-        device = _model_device(self.model)
-        return inputs if device is None or inputs.device == device else inputs.to(device)
+    def _what(self) -> str:
+        if not self.uses_layer:
+            return "the input"
+        names = ", ".join(repr(n) for n in self.layer_names)
+        return f"layer {names}" if len(self.layers) == 1 else f"layers {names}"
 
-    def _pick_layer(self, inputs: torch.Tensor) -> None:
-        key = tuple(inputs.shape[1:])
-        if key not in self._auto_layers:
-            # warnings point at the caller of __call__ (_pick_layer -> __call__ -> user)
-            self._auto_layers[key] = find_target_layer(self.model, inputs, stacklevel=3)
+    # -- layers --------------------------------------------------------------------------
+    def _resolve_layers(self, inputs: torch.Tensor) -> None:
+        """Pick ``"auto"`` layers and turn negative call indices into positions, once per
+        input shape (a bounded cache)."""
+        needs_probe = self._auto[0] or any(r.call is not None and r.call < 0 for r in self.layers)
+        if not needs_probe:
+            return
+        key = (tuple(inputs.shape[1:]), self.model.training)
+        if key in self._resolved:
+            self._resolved.move_to_end(key)
+            self.layers = self._resolved[key]
+            return
+        if self._auto[0]:
+            name, probe = _pick(self.model, inputs, forward_args=self._forward_args)
+            refs = [parse_layer(self.model, name)]
             logger.info(
-                "camlib: %s picked target layer %r for inputs of shape %s",
+                "%s picked target layer %r for inputs of shape %s",
                 type(self).__name__,
-                self._auto_layers[key],
-                key,
+                name,
+                key[0],
             )
-        self.layer_name = self._auto_layers[key]
-        self.target_layer = resolve_layer(self.model, self.layer_name)
+        else:
+            probe = probe_layers(self.model, inputs[:1], self._forward_args_first())
+            refs = list(self.layers)
+        resolved = []
+        for ref in refs:
+            if ref.call is not None and ref.call < 0:
+                runs = probe.counts.get(ref.name, 0)
+                if runs + ref.call < 0:
+                    raise LayerError(
+                        f"target layer {ref.spec!r} names call {ref.call}, but {ref.name!r} runs "
+                        f"{runs} time(s) per forward pass"
+                    )
+                ref = LayerRef(ref.module, ref.name, runs + ref.call, ref.input)
+            resolved.append(ref)
+        self._resolved[key] = self.layers = resolved
+        while len(self._resolved) > self._CACHE_SIZE:
+            self._resolved.popitem(last=False)
+
+    def _forward_args_first(self) -> tuple:
+        return tuple(a[:1] if isinstance(a, torch.Tensor) and a.dim() else a for a in self._forward_args)
 
 
-def _model_device(model: nn.Module) -> torch.device | None:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return None
+def _as_args(value: Any) -> tuple:
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, tuple) else (value,)
+
+
+def _model_device(model: nn.Module) -> torch.device | None:  # kept for older imports
+    return model_device(model)
 
 
 def explain(
     model: nn.Module,
     inputs: torch.Tensor,
     method: str = "gradcam",
-    target_layer: LayerSpec = "auto",
+    target_layer: LayerSpec | Sequence[LayerSpec] = "auto",
     targets: Targets = None,
     *,
     upsample: bool = True,
     normalize: bool = True,
+    additional_forward_args: Any = None,
     **options: Any,
 ) -> torch.Tensor:
     """One-shot explanation: ``camlib.explain(model, images, method="gradcam")``.
 
-    ``method`` is any registered name (see ``camlib.METHODS``); ``options`` go to the
-    method's constructor (e.g. ``fc_layer=`` for CAM). ``target_layer`` is ignored by
-    methods that explain the input only (Guided Backprop).
+    ``method`` is any registered name (see :func:`available_methods`); ``options`` go to
+    the method's constructor (e.g. ``fc_layer=`` for CAM, ``batch_size=`` for Score-CAM).
+    Methods that explain the input only (Guided Backprop) take no ``target_layer``:
+    naming one is an error, as with the class.
     """
     cls = get_method(method)
-    if cls.uses_layer:
+    if cls.uses_layer or (target_layer is not None and target_layer != "auto"):
         options["target_layer"] = target_layer
     with cls(model, **options) as explainer:
-        return explainer(inputs, targets, upsample=upsample, normalize=normalize)
+        return explainer(
+            inputs,
+            targets,
+            upsample=upsample,
+            normalize=normalize,
+            additional_forward_args=additional_forward_args,
+        )

@@ -1,26 +1,31 @@
 """One forward pass with the hooks an explanation needs, and nothing left behind.
 
-:func:`run_forward` is the only place camlib registers hooks. It captures the target
-layer's true output, decides how much autograd graph to record, and removes its hook in
-a ``finally`` block, so the model has exactly the hooks it had before on every exit path.
+:func:`run_forward` is the only place camlib registers hooks for an explanation. It
+captures the target layers' true outputs (or inputs), decides how much autograd graph to
+record, and removes its hooks in a ``finally`` block, so the model has exactly the hooks
+it had before on every exit path. A hook acts only on the thread that registered it:
+several threads may explain one shared model at once.
 
 How much graph is recorded (``graph=``):
 
-* ``"none"`` - everything under ``no_grad`` (CAM needs activations only).
-* ``"from_layer"`` - ``no_grad`` up to the target layer; its output is re-entered as a
-  fresh leaf and grad mode switched on for the rest of the pass. Grad-CAM then needs
-  only the graph *after* the layer: no upstream activations are kept, so it costs about
-  one inference pass in time and memory, and it works under ``torch.no_grad()`` and
-  with frozen weights.
+* ``"none"`` - everything under ``no_grad`` (CAM, Eigen-CAM, the perturbation methods).
+* ``"from_layer"`` - ``no_grad`` up to the first target layer; its output is re-entered
+  as a fresh leaf and grad mode switched on for the rest of the pass. Gradient methods
+  then need only the graph *after* the layer: no upstream activations are kept, so a call
+  costs about one inference pass in time and memory, and it works under
+  ``torch.no_grad()`` and with frozen weights. A later target layer that depends on an
+  earlier one stays a node of the graph, so one ``autograd.grad`` serves all of them.
 * ``"from_input"`` - the full graph from a leaf copy of the input (guided methods).
 
-Downstream code always receives a *clone* of the captured activation, so an in-place
-op after the layer (``ReLU(inplace=True)``, ``out += identity``) cannot corrupt it.
+Downstream code always receives a *clone* of the captured tensor, so an in-place op after
+the layer (``ReLU(inplace=True)``, ``out += identity``) cannot corrupt it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,9 +34,12 @@ from torch import nn
 
 from .errors import LayerError
 from .guided_relu import GuidedReLUMode, GuideSwitch
+from .layers import LayerRef
 from .targets import Targets, select_scores
 
 Graph = Literal["none", "from_layer", "from_input"]
+Edit = Callable[[int, torch.Tensor], torch.Tensor]
+"""``edit(i, tensor) -> tensor`` replaces what target layer ``i`` hands on (Ablation-CAM)."""
 
 
 @dataclass
@@ -40,14 +48,19 @@ class Capture:
 
     inputs: torch.Tensor
     """The input the model saw (a leaf requiring grad when ``graph="from_input"``)."""
-    activation: torch.Tensor | None
-    """The target layer's output, exactly as the layer returned it."""
+    activations: list[torch.Tensor]
+    """Each target layer's output (or input), exactly as the layer returned (received) it."""
     output: object
     """The model's output."""
-    scores: torch.Tensor
-    """(N,) scores being explained."""
+    scores: torch.Tensor | None
+    """(N,) scores being explained (``None`` when no targets were selected)."""
     classes: torch.Tensor | None
     """(N,) class indices, or ``None`` for a callable target."""
+
+    @property
+    def activation(self) -> torch.Tensor:
+        """The first target layer's tensor (the only one for a single layer)."""
+        return self.activations[0]
 
 
 def _describe(value: object) -> str:
@@ -56,52 +69,114 @@ def _describe(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
+class _Hooks:
+    """The hooks of one forward pass: one per target layer, this thread only."""
+
+    def __init__(self, refs: Sequence[LayerRef], graph: Graph, edit: Edit | None) -> None:
+        self.refs, self.graph, self.edit = list(refs), graph, edit
+        self.owner = threading.get_ident()
+        self.calls = [0] * len(self.refs)
+        self.captured: list[torch.Tensor | None] = [None] * len(self.refs)
+        self.handles: list = []
+
+    def install(self) -> None:
+        for i, ref in enumerate(self.refs):
+            if ref.input:
+                self.handles.append(ref.module.register_forward_pre_hook(self._pre(i)))
+            else:
+                self.handles.append(ref.module.register_forward_hook(self._post(i)))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    def _pre(self, i: int):
+        def hook(module: nn.Module, args: tuple) -> tuple | None:
+            if threading.get_ident() != self.owner or not args:
+                return None
+            new = self._take(i, args[0], "received")
+            return None if new is None else (new, *args[1:])
+
+        return hook
+
+    def _post(self, i: int):
+        def hook(module: nn.Module, args: tuple, output: object) -> object:
+            if threading.get_ident() != self.owner:
+                return None
+            return self._take(i, output, "returned")
+
+        return hook
+
+    def _take(self, i: int, value: object, verb: str) -> torch.Tensor | None:
+        ref, call = self.refs[i], self.calls[i]
+        self.calls[i] += 1
+        wanted = ref.call if ref.call is not None else 0
+        if ref.call is None and call == 1:
+            raise LayerError(
+                f"target layer {ref.spec!r} ran more than once in one forward pass (a module "
+                f"reused in forward, such as a shared activation); its calls would be mixed. "
+                f"Name one call: '{ref.name}@-1' for the last, '{ref.name}@0' for the first."
+            )
+        if call != wanted:
+            return None
+        if not isinstance(value, torch.Tensor):
+            raise LayerError(
+                f"target layer {ref.spec!r} {verb} {_describe(value)}; camlib needs a single "
+                f"tensor such as (N, C, h, w). Choose another layer."
+            )
+        if self.graph == "from_layer" and not (torch.is_grad_enabled() and value.requires_grad):
+            # the first target layer (or one that does not depend on an earlier one)
+            value = value.detach().requires_grad_(True)
+            torch.set_grad_enabled(True)  # record the graph from here on; restored after
+        self.captured[i] = value
+        if self.edit is not None:
+            return self.edit(i, value)
+        return value.clone()
+
+    def check_all_ran(self) -> None:
+        for ref, got, calls in zip(self.refs, self.captured, self.calls, strict=True):
+            if got is None:
+                detail = (
+                    "did not run during the forward pass"
+                    if calls == 0
+                    else f"ran {calls} time(s), so call {ref.call} does not exist"
+                )
+                raise LayerError(
+                    f"target layer {ref.spec!r} {detail}; choose a layer that the model's "
+                    f"forward calls"
+                )
+
+
 def run_forward(
     model: nn.Module,
     inputs: torch.Tensor,
     targets: Targets,
     *,
-    layer: nn.Module | None = None,
-    layer_name: str = "",
+    layers: Sequence[LayerRef] = (),
     graph: Graph = "from_layer",
     guide: GuideSwitch | None = None,
+    forward_args: tuple = (),
+    edit: Edit | None = None,
+    select: bool = True,
 ) -> Capture:
-    """Run ``model(inputs)`` once, capturing ``layer``'s output and the target scores.
+    """Run ``model(inputs, *forward_args)`` once, capturing ``layers`` and the target scores.
 
     Args:
         model: the network (never modified).
         inputs: (N, ...) batch on the model's device.
-        targets: see :mod:`camlib.targets`.
-        layer: module whose output to capture, or ``None``.
-        layer_name: its name, for error messages.
+        targets: what :func:`camlib.targets.check_targets` returned.
+        layers: where to capture (see :class:`camlib.layers.LayerRef`).
         graph: how much autograd graph to record (module docstring).
         guide: when given, every ReLU records a guided node controlled by this switch.
+        forward_args: further positional arguments of the model's forward.
+        edit: replaces what each target layer hands on (default: a clone of it).
+        select: compute the (N,) scores of ``targets`` (else ``scores`` is ``None``).
     """
-    captured: list[torch.Tensor] = []
-
-    def hook(module: nn.Module, args: tuple, output: object) -> object:
-        if captured:
-            raise LayerError(
-                f"target layer {layer_name!r} ran more than once in one forward pass (a module "
-                f"reused in forward, such as a shared ReLU); its calls would be mixed. Choose a "
-                f"layer that runs once, e.g. the block that contains it."
-            )
-        if not isinstance(output, torch.Tensor):
-            raise LayerError(
-                f"target layer {layer_name!r} returned {_describe(output)}; camlib needs a "
-                f"single (N, C, h, w) tensor. Choose another layer."
-            )
-        if graph == "from_layer":
-            leaf = output.detach().requires_grad_(True)
-            captured.append(leaf)
-            torch.set_grad_enabled(True)  # record the graph from here on; restored below
-            return leaf.clone()
-        captured.append(output)
-        return output.clone()
-
+    hooks = _Hooks(layers, graph, edit)
     grad_before = torch.is_grad_enabled()
-    handle = layer.register_forward_hook(hook) if layer is not None else None
     try:
+        hooks.install()
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode(False))
             fed = inputs
@@ -113,16 +188,13 @@ def run_forward(
                 stack.enter_context(torch.no_grad())
             if guide is not None:
                 stack.enter_context(GuidedReLUMode(guide))
-            output = model(fed)
-            if layer is not None and not captured:
-                raise LayerError(
-                    f"target layer {layer_name!r} did not run during the forward pass; choose "
-                    f"a layer that the model's forward calls"
-                )
-            with torch.set_grad_enabled(graph != "none"):
-                scores, classes = select_scores(output, targets, inputs.shape[0])
+            output = model(fed, *forward_args)
+            hooks.check_all_ran()
+            scores = classes = None
+            if select:
+                with torch.set_grad_enabled(graph != "none"):
+                    scores, classes = select_scores(output, targets, inputs.shape[0])
     finally:
-        if handle is not None:
-            handle.remove()
+        hooks.remove()
         torch.set_grad_enabled(grad_before)
-    return Capture(inputs, captured[0] if captured else None, output, scores, classes)
+    return Capture(inputs, hooks.captured, output, scores, classes)  # type: ignore[arg-type]

@@ -21,3 +21,17 @@ class TargetError(CamlibError, ValueError):
 
 class InputError(CamlibError, TypeError):
     """The inputs are not a batch the explainer can use."""
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` pointing at the first frame outside camlib (the user's line)."""
+    import os
+    import sys
+    import warnings
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    level, frame = 2, sys._getframe(1)  # stacklevel 2 is the caller of warn()
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        level += 1
+        frame = frame.f_back
+    warnings.warn(message, category, stacklevel=level)

@@ -11,13 +11,29 @@ import torch
 import torch.nn.functional as F
 
 
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly resize (N, h, w) maps to (N, *size) (``align_corners=False``)."""
-    if tuple(maps.shape[-2:]) == tuple(size):
+_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Resize (N, *grid) maps to (N, *size): linear for signals, bilinear for images,
+    trilinear for volumes (``align_corners=False``). A one-position map is expanded exactly."""
+    size = tuple(int(s) for s in size)
+    if tuple(maps.shape[1:]) == size:
         return maps
-    if maps.shape[-2:] == (1, 1):  # exact: bilinear weights would add rounding noise
-        return maps.expand(*maps.shape[:-2], *size).contiguous()
-    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    if maps.shape[1:].numel() == 1:  # exact: interpolation weights would add rounding noise
+        return maps.reshape(-1, *([1] * len(size))).expand(-1, *size).contiguous()
+    mode = _MODES[len(size)]
+    return F.interpolate(maps[:, None], size=size, mode=mode, align_corners=False)[:, 0]
+
+
+def fuse(maps: list[torch.Tensor], how: str = "mean") -> torch.Tensor:
+    """Combine several layers' maps (each (N, *size), already normalised) into one:
+    their mean (``"mean"``) or element-wise maximum (``"max"``)."""
+    if how == "mean":
+        return torch.stack(maps).mean(0)
+    if how == "max":
+        return torch.stack(maps).amax(0)
+    raise ValueError(f"fuse must be 'mean' or 'max', got {how!r}")
 
 
 def normalize_minmax(maps: torch.Tensor) -> torch.Tensor:

@@ -501,7 +501,7 @@ BAD_CALLS = {
     "negative-target": (lambda x: x, [1, -2, 3], camlib.TargetError),
     "target-out-of-range": (lambda x: x, [1, 2, 10], camlib.TargetError),
     "float64-input": (lambda x: x.double(), TARGETS, RuntimeError),  # raises inside forward
-    "wrong-channels": (lambda x: x[:, :2], TARGETS, RuntimeError),  # raises inside forward
+    "wrong-channels": (lambda x: x[:, :2], TARGETS, camlib.InputError),  # named before forward
 }
 
 

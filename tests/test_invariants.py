@@ -254,11 +254,11 @@ def test_eval_mode_resnet_state_dict_identical():
     """BatchNorm buffers (running stats, num_batches_tracked) and in-place ReLUs."""
     model = resnet18()
     torch.manual_seed(0)
-    x = torch.randn(1, 3, 32, 32)
+    x = torch.randn(1, 3, 64, 64)
     with left_alone(model):
         for name in METHOD_NAMES:
             maps = make(name, model, "layer4")(x)
-            assert maps.shape[-2:] == (32, 32) and torch.isfinite(maps).all()
+            assert maps.shape[-2:] == (64, 64) and torch.isfinite(maps).all()
 
 
 # --------------------------------------------------------------------------------------

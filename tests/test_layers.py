@@ -192,17 +192,24 @@ def test_auto_depends_on_input_shape():
     assert explainer.layer_name == "relu2" and explainer.target_layer is model.relu2
 
 
-def test_auto_skips_module_running_twice():
+def test_auto_names_the_last_call_of_a_reused_module(recwarn):
+    """The last spatial map is the second call of a shared ReLU: 'auto' names that call."""
     torch.manual_seed(0)
     model = SharedReluNet().eval()
-    with pytest.warns(UserWarning, match=r"picked 'conv2'.*more than once.*\('relu'\)") as rec:
-        assert camlib.find_target_layer(model, images(1, 1, 8, 8)) == "conv2"
-    assert rec[0].filename == __file__  # the warning points at the caller
+    assert camlib.find_target_layer(model, images(1, 1, 8, 8)) == "relu@-1"
     explainer = camlib.GradCAM(model)
-    with pytest.warns(UserWarning, match=r"picked 'conv2'.*more than once.*\('relu'\)") as rec:
-        explainer(images(2, 1, 8, 8))
-    assert rec[0].filename == __file__
-    assert explainer.layer_name == "conv2"
+    x = images(2, 1, 8, 8)
+    maps = explainer(x, upsample=False, normalize=False)
+    assert explainer.layer_name == "relu@1"  # resolved for this input: the second of two calls
+    # by hand: the post-ReLU output of conv2, and the gradient of the head through its mean
+    with torch.no_grad():
+        act = torch.relu(model.conv2(torch.relu(model.conv1(x))))
+        logits = model.fc(act.mean((2, 3)))
+        cls = logits.argmax(1)
+        w = model.fc.weight[cls] / 64  # d y / d act_k,ij = w_k / (h w): alpha_k = w_k / 64
+    expected = torch.relu(torch.einsum("nc,nchw->nhw", w, act))
+    torch.testing.assert_close(maps, expected, rtol=1e-5, atol=1e-6)
+    assert [str(w.message) for w in recwarn] == []
 
 
 class PassThroughNet(nn.Module):

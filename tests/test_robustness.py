@@ -38,15 +38,16 @@ def test_rounding_noise_of_a_constant_map_is_not_stretched():
     assert torch.equal(camlib.normalize_minmax(up), torch.zeros(1, 64, 64))
 
 
-def test_gradcam_of_a_1x1_layer_is_all_zeros_after_normalising():
+@pytest.mark.parametrize("name", ["gradcam", "cam", "scorecam", "eigencam"])
+def test_a_named_1x1_layer_is_refused_with_its_name_and_shape(name):
+    """A single-position map is constant: refused, as "auto" never picks one."""
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)  # layer4 is 1x1 at 32 px
-    raw = camlib.GradCAM(model, "layer4")(x, upsample=False, normalize=False)
-    assert raw.shape == (2, 1, 1)
-    maps = camlib.GradCAM(model, "layer4")(x)
-    assert maps.shape == (2, 32, 32)
-    assert torch.equal(maps, torch.zeros(2, 32, 32))
+    with left_alone(model), pytest.raises(
+        camlib.LayerError, match=r"layer 'layer4' gives a map with a single position.*\(2, 512, 1, 1\)"
+    ):
+        camlib.explain(model, x, name, "layer4")
 
 
 # --------------------------------------------------------------------------------------
@@ -62,7 +63,7 @@ def test_cam_accepts_gap_linear_heads_in_half_precision(dtype):
         model = torchvision.models.resnet18(weights=None, num_classes=10).eval().to(dtype)
         x = torch.randn(2, 3, 64, 64).to(dtype)
         maps = camlib.CAM(model, "layer4")(x)
-        assert maps.dtype == dtype and maps.shape == (2, 64, 64)
+        assert maps.dtype == torch.float32 and maps.shape == (2, 64, 64)  # maps in float32
 
 
 def test_cam_reports_the_classifier_it_found(small_net, digits):
@@ -177,7 +178,9 @@ def test_model_itself_as_target_layer_is_refused(name):
 def test_reshape_transform_with_a_bad_result_is_named():
     model = small()
     explainer = camlib.GradCAM(model, "relu3", reshape_transform=lambda t: t.flatten(2))
-    with pytest.raises(camlib.LayerError, match=r"reshape_transform turned the \(3, 16, 8, 8\)"):
+    with pytest.raises(
+        camlib.LayerError, match=r"reshape_transform turned the output of layer 'relu3' into \(3, 16, 64\)"
+    ):
         explainer(batch())
 
 
@@ -266,7 +269,7 @@ def test_auto_warns_before_a_token_stage():
     torch.manual_seed(0)
     cam = camlib.GradCAM(TokenNet().eval())
     with pytest.warns(
-        UserWarning, match=r"picked 'embed'.*token sequences.*reshape_transform"
+        UserWarning, match=r"picked 'embed'.*token sequences.*no.*norm feeding attention"
     ) as rec:
         maps = cam(batch(2, 16))
     assert rec[0].filename == __file__  # the warning points at the user's call

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..base import Explainer, register
-from ..errors import LayerError, TargetError
+from ..base import register
+from ..capture import Capture
+from ..errors import LayerError
 from ..layers import LayerSpec, layer_name, resolve_layer
-from ..targets import Targets
+from ..targets import class_logits
+from .families import ActivationCAM, weighted_sum
 
 
 def classifier_weights(fc: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -34,13 +36,14 @@ def _in_out(m: nn.Module) -> tuple[int, int] | None:
 
 
 @register("cam")
-class CAM(Explainer):
+class CAM(ActivationCAM):
     r"""CAM: :math:`L^c = \mathrm{ReLU}(\sum_k w^c_k A^k)` with the classifier's weights.
 
     Valid when the logits are :math:`y^c = \frac{1}{hw}\sum_{ij}\sum_k w^c_k A^k_{ij} + b^c`
     (global average pooling then a linear layer, in either order). camlib checks that
     identity on every call and raises if the head is anything else. On such heads
-    ``CAM == GradCAM * (h * w)`` before normalisation. Needs no gradient at all.
+    ``CAM == GradCAM * (h * w)`` before normalisation. Needs no gradient at all; explains
+    class scores only. For a one-logit binary head, class 0's weights are minus the logit's.
 
     Args:
         fc_layer: the classifier (name or module). ``"auto"``/``None``: the last
@@ -53,9 +56,9 @@ class CAM(Explainer):
         target_layer: LayerSpec = "auto",
         *,
         fc_layer: LayerSpec = "auto",
-        reshape_transform=None,
+        **options,
     ) -> None:
-        super().__init__(model, target_layer, reshape_transform=reshape_transform)
+        super().__init__(model, target_layer, **options)
         self.fc_layer: nn.Module | None = None
         self.fc_name: str | None = None
         self._auto_fc = fc_layer is None or fc_layer == "auto"
@@ -63,33 +66,35 @@ class CAM(Explainer):
             self.fc_layer = resolve_layer(model, fc_layer, what="fc_layer")  # type: ignore[arg-type]
             self.fc_name = layer_name(model, self.fc_layer)
 
-    def attribute(self, inputs: torch.Tensor, targets: Targets) -> torch.Tensor:
-        if callable(targets):
-            raise TargetError(
-                "CAM explains class scores of a GAP + linear head; a callable target needs a "
-                "gradient method (GradCAM)"
-            )
-        cap = self.forward(inputs, targets, graph="none")
-        act = self.feature_map(cap.activation)
-        fc, name = self._classifier(act.shape[1], cap.output)
+    class_targets_only = True
+
+    def combine(self, act: torch.Tensor, layer: int, cap: Capture) -> torch.Tensor:
+        logits = class_logits(cap.output, act.shape[0])
+        fc, name = self._classifier(act.shape[1], logits.shape[1])
         if self._auto_fc:  # the classifier found for this layer, for the caller to see
             self.fc_layer, self.fc_name = fc, name
         weight, bias = classifier_weights(fc, name)
         if weight.shape[1] != act.shape[1]:
             raise LayerError(
                 f"fc_layer {name!r} takes {weight.shape[1]} features but layer "
-                f"{self.layer_name!r} has {act.shape[1]} channels; CAM needs the classifier that "
-                f"directly follows global pooling of this layer"
+                f"{self.layers[layer].spec!r} has {act.shape[1]} channels; CAM needs the "
+                f"classifier that directly follows global pooling of this layer"
             )
-        w = weight[cap.classes].to(act.dtype)  # (N, C)
-        maps = torch.einsum("nc,nchw->nhw", w, act)
-        self._check_head(maps, act, w, bias, cap, name)
-        return torch.relu(maps)
+        classes = cap.classes
+        if weight.shape[0] == 1:  # binary head: class 1 is the logit, class 0 minus it
+            sign = torch.where(classes == 1, 1.0, -1.0).to(act.dtype)[:, None]
+            w = weight.to(act.dtype).expand(act.shape[0], -1) * sign
+            b = None if bias is None else bias.to(act.dtype).expand(act.shape[0]) * sign[:, 0]
+        else:
+            w = weight[classes].to(act.dtype)  # (N, C)
+            b = None if bias is None else bias[classes].to(act.dtype)
+        maps = weighted_sum(w, act)
+        self._check_head(maps, act, w, b, cap, name, layer)
+        return maps.relu_()
 
-    def _classifier(self, channels: int, output: object) -> tuple[nn.Module, str]:
+    def _classifier(self, channels: int, num_classes: int) -> tuple[nn.Module, str]:
         if not self._auto_fc:
             return self.fc_layer, self.fc_name  # type: ignore[return-value]
-        num_classes = output.shape[1]  # type: ignore[union-attr]
         found = None
         for name, m in self.model.named_modules():
             if _in_out(m) == (channels, num_classes):
@@ -104,21 +109,22 @@ class CAM(Explainer):
 
     def _check_head(
         self, maps: torch.Tensor, act: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
-        cap, name: str,
+        cap: Capture, name: str, layer: int,
     ) -> None:
         """Check y^c == mean_ij(sum_k w_k^c A^k_ij) + b^c, i.e. that the head is GAP + linear.
 
         The tolerance scales with the size of the terms being summed,
         mean_ij(sum_k |w_k^c A^k_ij|) + |b^c|, so it holds for tiny and huge logits alike.
         """
-        implied = maps.mean(dim=(1, 2))
-        size = torch.einsum("nc,nc->n", w.abs(), act.abs().mean(dim=(2, 3)))
+        implied = maps.flatten(1).mean(1)
+        size = torch.einsum("nc,nc->n", w.abs(), act.abs().flatten(2).mean(2))
         if bias is not None:
-            implied = implied + bias[cap.classes].to(implied.dtype)
-            size = size + bias[cap.classes].abs().to(size.dtype)
+            implied = implied + bias.to(implied.dtype)
+            size = size + bias.abs().to(size.dtype)
         gap = (implied - cap.scores.to(implied.dtype)).abs()
         # Rounding grows with the working precision: 1e-4 in float32, more in half types.
-        coarsest = max(torch.finfo(cap.scores.dtype).eps, torch.finfo(act.dtype).eps)
+        coarsest = max(torch.finfo(cap.scores.dtype).eps, torch.finfo(act.dtype).eps,
+                       torch.finfo(cap.activations[layer].dtype).eps)
         rtol = max(1e-4, 64 * coarsest)
         if not bool((gap <= rtol * size + torch.finfo(size.dtype).tiny).all()):
             worst = float((gap / size.clamp_min(torch.finfo(size.dtype).tiny)).max())
@@ -130,7 +136,7 @@ class CAM(Explainer):
             )
             raise LayerError(
                 f"CAM needs logits y = fc(global_avg_pool(A)) with A the output of layer "
-                f"{self.layer_name!r} and fc = {name!r}, but the model's scores differ from that by "
+                f"{self.layers[layer].spec!r} and fc = {name!r}, but the model's scores differ from that by "
                 f"up to {worst:.3g} of their size. The head is not global-average-pooling + linear "
                 f"(or the layer is not the last feature map); use GradCAM, which works for any "
                 f"head.{mode}"
