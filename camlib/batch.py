@@ -1,0 +1,825 @@
+"""Explaining a dataset of image files: the library function behind ``camlib explain``.
+
+:func:`explain_files` reads the images with a :class:`torch.utils.data.DataLoader`
+(decoding and resizing in worker processes, overlapping the model), explains them in
+batches, and for every image writes, under ``out``:
+
+* ``overlays/<name>.png`` - the map blended over the image (signed methods: the signed
+  map as an RGB image), at the image's size;
+* ``maps/<name>.npy`` - the map as float32 at the image's size, (H, W) in [0, 1]
+  ((C, H, W) in [-1, 1] for signed methods);
+* ``thumbs/<name>.jpg`` - a small copy of the overlay for the gallery;
+* ``records/<name>.json`` - what was explained (class, score, layer) and with which
+  settings; written last, it marks the image as complete for ``resume``;
+
+and at the end ``results.csv`` (one row per image and explained class) and ``index.html``
+(a gallery that opens offline). ``<name>`` is the image's path relative to the folder
+or glob it came from (its file name when it was named directly) without the extension.
+
+Every file is written to a temporary name and renamed into place, so an interrupted run
+leaves only complete outputs; with ``resume=True`` images whose record matches the
+settings and whose files exist are not explained again. An image that cannot be read
+gets a row with ``status`` ``unreadable`` and does not stop the run.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the images are sharded by rank with
+:mod:`torch.distributed` (gloo on CPU, nccl on GPU); each rank explains and writes its
+share, and rank 0 writes the merged ``results.csv`` and ``index.html`` once every rank has
+sent it its rows. The output folder must be visible to every rank (a shared file system
+on a cluster) for the gallery to show every image; the CSV is complete in any case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import hashlib
+import html
+import io
+import json
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import CamlibError
+from .maps import normalize_minmax, upsample
+
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+"""Extensions picked up in folders and globs (a file named directly is always tried)."""
+
+CSV_COLUMNS = (
+    "file",
+    "rank",
+    "class_index",
+    "class_name",
+    "score",
+    "method",
+    "layer",
+    "status",
+    "message",
+    "overlay",
+    "map",
+)
+"""Columns of ``results.csv``; ``status`` is ``ok``, ``unreadable`` or ``error``."""
+
+RECORD_VERSION = 1
+
+
+class BatchError(CamlibError, ValueError):
+    """Bad inputs or settings for :func:`explain_files` (found before any image is read)."""
+
+
+# -- inputs ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Item:
+    """One image file and the name its outputs get (posix, relative, extension kept)."""
+
+    path: Path
+    name: str
+
+
+def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Item]:
+    """Image files from files, folders (recursively) and globs, sorted by output name.
+
+    Raises :class:`BatchError` for an input that names nothing (a missing file, an empty
+    folder, a glob without matches). Output names that would collide get ``~2``, ``~3``.
+    """
+    found: list[tuple[Path, str]] = []
+    seen: set[Path] = set()
+
+    def add(path: Path, name: str) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.append((path, name))
+
+    for raw in inputs:
+        text = os.fspath(raw)
+        path = Path(text)
+        if path.is_file():
+            add(path, path.name)
+        elif path.is_dir():
+            files = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
+            if not files:
+                raise BatchError(
+                    f"folder {text!r} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+                )
+            for p in files:
+                add(p, p.relative_to(path).as_posix())
+        elif glob.has_magic(text):
+            base = Path(_glob_base(text))
+            matches = sorted(
+                Path(m)
+                for m in glob.glob(text, recursive=True)
+                if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_EXTENSIONS
+            )
+            if not matches:
+                raise BatchError(f"the pattern {text!r} matches no image files")
+            for p in matches:
+                add(p, p.relative_to(base).as_posix() if p.is_relative_to(base) else p.name)
+        else:
+            raise BatchError(f"input {text!r}: no such file or folder")
+    # Outputs are named without the image's extension unless two images would collide.
+    stems = [str(Path(name).with_suffix("")) for _, name in found]
+    clash = {s for s in stems if stems.count(s) > 1}
+    items, used = [], set()
+    for (path, name), stem in zip(found, stems, strict=True):
+        base = name if stem in clash else stem
+        unique, k = base, 1
+        while unique in used:
+            k += 1
+            unique = f"{base}~{k}"
+        used.add(unique)
+        items.append(Item(path, unique))
+    return sorted(items, key=lambda it: it.name)
+
+
+def _glob_base(pattern: str) -> str:
+    parts = Path(pattern).parts
+    base = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        base.append(part)
+    return str(Path(*base)) if base else "."
+
+
+# -- decoding (in DataLoader workers) -------------------------------------------------------
+class ImageFiles(torch.utils.data.Dataset):
+    """Decodes one image file: ``(index, model input or None, uint8 (H, W, C) image, error)``.
+
+    The image is EXIF-rotated (as viewers show it) and converted to RGB, or to grayscale
+    for one-channel models; ``preprocess`` turns it into the model's input.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Item],
+        preprocess: Callable[[torch.Tensor], torch.Tensor],
+        channels: int = 3,
+    ) -> None:
+        self.items = list(items)
+        self.preprocess = preprocess
+        self.channels = channels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, torch.Tensor | None, str]:
+        from PIL import Image, ImageOps
+
+        try:
+            with Image.open(self.items[i].path) as im:
+                im = ImageOps.exif_transpose(im)
+                im = im.convert("L" if self.channels == 1 else "RGB")
+                array = np.array(im, dtype=np.uint8)
+            image = torch.from_numpy(array)
+            if image.dim() == 2:
+                image = image.unsqueeze(-1)
+            return i, self.preprocess(image), image, ""
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is this image's fault
+            return i, None, None, f"{type(exc).__name__}: {exc}"
+
+
+def _collate(samples: list[tuple]) -> dict[str, Any]:
+    good = [s for s in samples if s[1] is not None]
+    return {
+        "index": [s[0] for s in good],
+        "inputs": torch.stack([s[1] for s in good]) if good else None,
+        "images": [s[2] for s in good],
+        "failed": [(s[0], s[3]) for s in samples if s[1] is None],
+    }
+
+
+# -- targets ------------------------------------------------------------------------------
+def parse_targets(spec: str | int | None) -> tuple[str, int]:
+    """``"top"`` -> ("top", 1), ``"top-k=3"`` -> ("top", 3), ``"7"`` -> ("class", 7)."""
+    if spec is None:
+        return "top", 1
+    text = str(spec).strip().lower()
+    if text == "top":
+        return "top", 1
+    for prefix in ("top-k=", "topk=", "top-"):
+        if text.startswith(prefix) and text[len(prefix) :].isdigit():
+            k = int(text[len(prefix) :])
+            if k < 1:
+                break
+            return "top", k
+    if text.lstrip("-").isdigit() and int(text) >= 0:
+        return "class", int(text)
+    raise BatchError(
+        f"targets {spec!r}: use 'top' (the top class), 'top-k=K' (the K top classes, one "
+        f"map each) or a class index such as 207"
+    )
+
+
+# -- writing ------------------------------------------------------------------------------
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: readers (and a
+    later ``resume``) see the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _png_bytes(rgb: np.ndarray) -> bytes:
+    import cv2
+
+    ok, enc = cv2.imencode(".png", rgb[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise OSError("PNG encoding failed")
+    return enc.tobytes()
+
+
+def _thumb_bytes(rgb: np.ndarray, side: int = 256) -> bytes:
+    import cv2
+
+    h, w = rgb.shape[:2]
+    scale = side / max(h, w)
+    if scale < 1:
+        rgb = cv2.resize(
+            rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+        )
+    ok, enc = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if not ok:
+        raise OSError("JPEG encoding failed")
+    return enc.tobytes()
+
+
+def _suffix(rank: int, k: int) -> str:
+    return "" if k == 1 else f".top{rank + 1}"
+
+
+def _paths(out: Path, name: str, rank: int, k: int) -> dict[str, str]:
+    s = _suffix(rank, k)
+    return {
+        "overlay": f"overlays/{name}{s}.png",
+        "map": f"maps/{name}{s}.npy",
+        "thumb": f"thumbs/{name}{s}.jpg",
+    }
+
+
+def _record_path(out: Path, name: str) -> Path:
+    return out / "records" / f"{name}.json"
+
+
+def _source_stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _complete(out: Path, item: Item, fingerprint: str) -> list[dict] | None:
+    """The rows of a finished image, or ``None`` if it must be explained (again)."""
+    try:
+        record = json.loads(_record_path(out, item.name).read_text())
+        if (
+            record.get("version") != RECORD_VERSION
+            or record.get("fingerprint") != fingerprint
+            or record.get("source") != _source_stamp(item.path)
+        ):
+            return None
+        rows = record["rows"]
+        for row in rows:
+            for key in ("overlay", "map", "thumb"):
+                if (out / row[key]).stat().st_size == 0:
+                    return None
+        return rows
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# -- the run ------------------------------------------------------------------------------
+@dataclass
+class RunSummary:
+    """What :func:`explain_files` did (on this rank; ``rows`` are every rank's)."""
+
+    total: int = 0
+    """Images on this rank."""
+    explained: int = 0
+    resumed: int = 0
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
+    """(file, status, message) of every image that failed, all ranks."""
+    seconds: float = 0.0
+    """Wall time of the explaining loop on this rank (model loading excluded)."""
+    rows: list[dict] = field(default_factory=list)
+    rank: int = 0
+    world_size: int = 1
+    out: Path = Path(".")
+
+    @property
+    def images_per_second(self) -> float:
+        return self.explained / self.seconds if self.seconds > 0 else 0.0
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``; under torchrun ``"cuda"`` is ``cuda:LOCAL_RANK``.
+
+    Raises :class:`BatchError` when CUDA is asked for and is not available.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            built = "with" if torch.backends.cuda.is_built() else "without"
+            raise BatchError(
+                f"--device {device} was asked for, but CUDA is not available (this torch "
+                f"{torch.__version__} is built {built} CUDA and sees no GPU); use --device cpu"
+            )
+        if dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if dev.index >= torch.cuda.device_count():
+            raise BatchError(
+                f"device {dev} does not exist: {torch.cuda.device_count()} GPU(s) visible"
+            )
+    elif dev.type != "cpu":
+        raise BatchError(f"--device must be cpu or cuda[:N], got {device!r}")
+    return dev
+
+
+@contextlib.contextmanager
+def _distributed(device: torch.device) -> Iterator[tuple[int, int]]:
+    """(rank, world size); joins the torchrun process group when ``WORLD_SIZE`` > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        yield 0, 1
+        return
+    import torch.distributed as dist
+
+    created = False
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        created = True
+    try:
+        yield dist.get_rank(), dist.get_world_size()
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def explain_files(
+    model: nn.Module,
+    inputs: Sequence[str | os.PathLike] | Sequence[Item],
+    out: str | os.PathLike,
+    *,
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    channels: int = 3,
+    method: str = "gradcam",
+    layer: str | Sequence[str] = "auto",
+    targets: str | int | None = "top",
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    amp: bool = False,
+    workers: int = 2,
+    resume: bool = False,
+    categories: Sequence[str] | None = None,
+    options: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    title: str = "camlib",
+) -> RunSummary:
+    """Explain image files in batches and write maps, overlays, ``results.csv`` and a gallery.
+
+    Args:
+        model: the network (moved to ``device``; camlib does not call ``eval()``).
+        inputs: image files, folders (searched recursively) and globs, or :class:`Item` s.
+        out: output folder (created).
+        preprocess: uint8 (H, W, C) image tensor -> (C, h, w) model input (runs in the
+            DataLoader workers, so it must pickle), e.g. :class:`camlib.models_io.Preprocess`.
+        channels: 1 to read images as grayscale, 3 for RGB.
+        method: a registered method name (plugins included).
+        layer: ``"auto"``, a layer name, or several names to fuse.
+        targets: ``"top"``, ``"top-k=K"`` or a class index.
+        batch_size, workers: DataLoader batch size and worker processes (0: decode in
+            this process).
+        device: ``"cpu"`` or ``"cuda"``; under torchrun each rank takes ``cuda:LOCAL_RANK``.
+        amp: run the model under ``torch.autocast`` (bfloat16 on CPU, float16 on CUDA);
+            maps are computed in float32.
+        resume: skip images whose outputs are complete and made with the same settings.
+        categories: class names by index, for the CSV and the gallery.
+        options: keyword arguments of the method's constructor (e.g. ``batch_size``).
+        settings: anything else that identifies the run for ``resume`` (model, weights).
+        progress: show a tqdm progress bar (rank 0 only).
+
+    Returns:
+        A :class:`RunSummary`. Raises :class:`BatchError` for unusable settings and
+        :class:`camlib.CamlibError` when the first batch shows the method cannot explain
+        this model (e.g. a wrong layer name); failures of single images are in the summary.
+    """
+    from .base import get_method
+
+    out = Path(out)
+    dev = resolve_device(device)
+    cls = get_method(method)
+    kind, k = parse_targets(targets)
+    if batch_size < 1:
+        raise BatchError(f"batch_size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise BatchError(f"workers must be >= 0, got {workers}")
+    signed = bool(getattr(cls, "signed", False))
+    uses_layer = bool(getattr(cls, "uses_layer", True))
+    layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+    if not uses_layer and layers != ["auto"]:
+        raise BatchError(f"method {cls.name!r} explains the input only: it takes no layer")
+    items = (
+        list(inputs)
+        if inputs and all(isinstance(i, Item) for i in inputs)
+        else collect_inputs(inputs)  # type: ignore[arg-type]
+    )
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            {
+                "method": cls.name,
+                "layer": layers,
+                "targets": [kind, k],
+                "amp": amp,
+                "preprocess": repr(preprocess),
+                "options": {str(a): repr(b) for a, b in (options or {}).items()},
+                "settings": {str(a): repr(b) for a, b in (settings or {}).items()},
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:16]
+
+    model = model.to(dev)
+    explainer = (
+        cls(model, layers if len(layers) > 1 else layers[0], **(options or {}))
+        if uses_layer
+        else cls(model, **(options or {}))
+    )
+    raw_maps = not signed and len(layers) == 1  # one interpolation, raw grid -> image size
+
+    summary = RunSummary(out=out)
+    with _distributed(dev) as (rank, world):
+        summary.rank, summary.world_size = rank, world
+        mine = items[rank::world]
+        summary.total = len(mine)
+        rows: list[dict] = []
+        todo: list[Item] = []
+        for item in mine:
+            done = _complete(out, item, fingerprint) if resume else None
+            if done is None:
+                todo.append(item)
+            else:
+                rows.extend(done)
+                summary.resumed += 1
+        for sub in ("overlays", "maps", "thumbs", "records"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+
+        loader = torch.utils.data.DataLoader(
+            ImageFiles(todo, preprocess, channels),
+            batch_size=batch_size,
+            num_workers=workers if todo else 0,
+            collate_fn=_collate,
+            pin_memory=dev.type == "cuda",
+        )
+        bar = _progress(len(todo), progress and rank == 0, world)
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="camlib-writer")
+        pending: deque[Future] = deque()
+        autocast = (
+            torch.autocast(dev.type, dtype=torch.float16 if dev.type == "cuda" else torch.bfloat16)
+            if amp
+            else contextlib.nullcontext()
+        )
+        started = time.perf_counter()
+        context = {
+            "out": out,
+            "method": cls.name,
+            "signed": signed,
+            "raw": raw_maps,
+            "categories": list(categories) if categories else None,
+            "k": k,
+            "fingerprint": fingerprint,
+        }
+
+        def drain(limit: int) -> None:
+            while len(pending) > limit:
+                rows.extend(pending.popleft().result())
+
+        try:
+            for batch in loader:
+                for i, message in batch["failed"]:
+                    rows.append(_failed_row(todo[i], "unreadable", message, cls.name))
+                if batch["inputs"] is not None:
+                    batch_items = [todo[i] for i in batch["index"]]
+                    try:
+                        x = batch["inputs"].to(dev, non_blocking=True)
+                        with autocast:
+                            results = _explain_batch(explainer, model, x, kind, k, raw_maps)
+                    except (CamlibError, RuntimeError, ValueError, TypeError) as exc:
+                        if isinstance(exc, CamlibError) and summary.explained == 0:
+                            raise  # the settings do not fit this model: stop at once
+                        message = f"{type(exc).__name__}: {exc}"
+                        rows.extend(
+                            _failed_row(it, "error", message, cls.name) for it in batch_items
+                        )
+                        results = None
+                    if results is not None:
+                        layer_used = _layer_name(explainer)
+                        for j, item in enumerate(batch_items):
+                            per = [(m[j], int(c[j]), float(s[j])) for m, c, s in results]
+                            pending.append(
+                                pool.submit(
+                                    _write_image,
+                                    item,
+                                    batch["images"][j],
+                                    per,
+                                    layer_used,
+                                    context,
+                                )
+                            )
+                        summary.explained += len(batch_items)
+                drain(2 * batch_size)
+                bar.update(len(batch["index"]) + len(batch["failed"]))
+            drain(0)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
+        summary.seconds = time.perf_counter() - started
+        # A write that failed turns an "ok" image into a failure.
+        summary.explained -= sum(1 for r in rows if r["status"] == "error" and r.get("_written"))
+        for r in rows:
+            r.pop("_written", None)
+
+        all_rows = _gather(rows, world)
+        all_rows.sort(key=lambda r: (r["file"], int(r["rank"] or 0)))
+        summary.rows = all_rows
+        failed: dict[str, tuple[str, str, str]] = {}
+        for r in all_rows:
+            if r["status"] != "ok":
+                failed.setdefault(r["file"], (r["file"], r["status"], r["message"]))
+        summary.failed = list(failed.values())
+        if rank == 0:
+            write_csv(out / "results.csv", all_rows)
+            write_gallery(out / "index.html", all_rows, title=title)
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()  # nobody leaves before the merged files are written
+    return summary
+
+
+def _progress(total: int, enabled: bool, world: int):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        enabled = False
+    if not enabled:
+        return _NoBar()
+    desc = "explaining" if world == 1 else f"explaining (rank 0 of {world})"
+    return tqdm(total=total, unit="img", desc=desc, file=sys.stderr, dynamic_ncols=True)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _layer_name(explainer: Any) -> str:
+    if not getattr(explainer, "uses_layer", True):
+        return "input"
+    names = getattr(explainer, "layer_names", None) or [getattr(explainer, "layer_name", "")]
+    return ",".join(str(n) for n in names if n)
+
+
+def _explain_batch(
+    explainer: Any, model: nn.Module, x: torch.Tensor, kind: str, k: int, raw: bool
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """[(maps on the CPU, classes, scores)] for each explained rank."""
+    kw = {"upsample": False, "normalize": False} if raw else {}
+    if kind == "class":
+        ranks: list[Any] = [k]
+    elif k == 1:
+        ranks = [None]
+    else:
+        with torch.no_grad():
+            logits = model(x)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            raise BatchError("top-k=K needs a model that returns (N, classes) logits")
+        if k > logits.shape[1]:
+            raise BatchError(f"top-k={k} but the model has {logits.shape[1]} classes")
+        top = logits.topk(k, dim=1).indices
+        ranks = [top[:, r] for r in range(k)]
+    results = []
+    for target in ranks:
+        maps = explainer(x, target, **kw)
+        classes = explainer.classes
+        scores = explainer.scores
+        if classes is None:
+            classes = torch.full((x.shape[0],), -1)
+        if scores is None:
+            scores = torch.full((x.shape[0],), float("nan"))
+        results.append((maps.float().cpu(), classes.cpu(), scores.float().cpu()))
+    return results
+
+
+def _write_image(
+    item: Item,
+    image: torch.Tensor,
+    per_rank: list[tuple[torch.Tensor, int, float]],
+    layer: str,
+    ctx: dict,
+) -> list[dict]:
+    """Map(s) at the image's size -> .npy, overlay .png, thumbnail, then the record."""
+    from . import viz
+
+    out: Path = ctx["out"]
+    k = len(per_rank)
+    size = tuple(image.shape[:2])
+    rgb = image.numpy()
+    if rgb.shape[2] == 1:
+        rgb = np.repeat(rgb, 3, axis=2)
+    rows = []
+    try:
+        for r, (m, cls_index, score) in enumerate(per_rank):
+            if ctx["raw"]:  # the raw grid, interpolated once to the image, then [0, 1]
+                full = normalize_minmax(upsample(m.unsqueeze(0), size))[0]
+            elif ctx["signed"]:
+                full = torch.nn.functional.interpolate(
+                    m.unsqueeze(0), size=size, mode="bilinear", align_corners=False
+                )[0].clamp_(-1, 1)
+            else:
+                full = upsample(m.unsqueeze(0), size)[0].clamp_(0, 1)
+            array = full.numpy().astype(np.float32, copy=False)
+            shown = viz.signed_to_rgb(array) if ctx["signed"] else viz.overlay(rgb, array)
+            paths = _paths(out, item.name, r, k)
+            atomic_write(out / paths["map"], _npy_bytes(array))
+            atomic_write(out / paths["overlay"], _png_bytes(shown))
+            atomic_write(out / paths["thumb"], _thumb_bytes(shown))
+            cats = ctx["categories"]
+            rows.append(
+                {
+                    "file": str(item.path),
+                    "rank": r + 1,
+                    "class_index": cls_index,
+                    "class_name": cats[cls_index] if cats and 0 <= cls_index < len(cats) else "",
+                    "score": score,
+                    "method": ctx["method"],
+                    "layer": layer,
+                    "status": "ok",
+                    "message": "",
+                    **paths,
+                }
+            )
+        record = {
+            "version": RECORD_VERSION,
+            "fingerprint": ctx["fingerprint"],
+            "source": _source_stamp(item.path),
+            "rows": rows,
+        }
+        atomic_write(_record_path(out, item.name), json.dumps(record, indent=1).encode())
+    except Exception as exc:  # noqa: BLE001 - a disk or encoder failure fails this image only
+        row = _failed_row(
+            item, "error", f"writing outputs: {type(exc).__name__}: {exc}", ctx["method"]
+        )
+        row["_written"] = True
+        return [row]
+    return rows
+
+
+def _failed_row(item: Item, status: str, message: str, method: str) -> dict:
+    return {
+        "file": str(item.path),
+        "rank": "",
+        "class_index": "",
+        "class_name": "",
+        "score": "",
+        "method": method,
+        "layer": "",
+        "status": status,
+        "message": message.replace("\n", " ")[:500],
+        "overlay": "",
+        "map": "",
+        "thumb": "",
+    }
+
+
+def _gather(rows: list[dict], world: int) -> list[dict]:
+    if world == 1:
+        return list(rows)
+    import torch.distributed as dist
+
+    parts: list[list[dict] | None] = [None] * world
+    dist.all_gather_object(parts, rows)
+    return [row for part in parts for row in (part or [])]
+
+
+# -- merged outputs ---------------------------------------------------------------------------
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """``results.csv`` (see :data:`CSV_COLUMNS`), written atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        r = dict(row)
+        if isinstance(r.get("score"), float):
+            r["score"] = f"{r['score']:.6g}"
+        writer.writerow(r)
+    atomic_write(path, buf.getvalue().encode())
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body {{ font: 14px system-ui, sans-serif; margin: 0; background: #f4f4f6; color: #222; }}
+header {{ position: sticky; top: 0; background: #283593; color: #fff; padding: 10px 16px;
+  display: flex; gap: 16px; align-items: center; flex-wrap: wrap; z-index: 1; }}
+header h1 {{ font-size: 18px; margin: 0; }}
+header input {{ padding: 4px 8px; border-radius: 4px; border: 0; min-width: 220px; }}
+main {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(210px, 1fr));
+  gap: 12px; padding: 16px; }}
+figure {{ margin: 0; background: #fff; border-radius: 6px; overflow: hidden;
+  box-shadow: 0 1px 3px rgba(0,0,0,.15); }}
+figure img {{ width: 100%; aspect-ratio: 1; object-fit: contain; background: #111;
+  display: block; }}
+figcaption {{ padding: 6px 8px; line-height: 1.35; }}
+.file {{ font-family: ui-monospace, monospace; font-size: 12px; word-break: break-all; }}
+.cls {{ font-weight: 600; }} .meta {{ color: #666; font-size: 12px; }}
+figure.failed {{ border: 2px solid #c62828; }} .err {{ color: #c62828; font-size: 12px; }}
+.hidden {{ display: none; }}
+</style></head>
+<body><header><h1>{title}</h1><span>{summary}</span>
+<input id="q" type="search" placeholder="filter by file, class, status"></header>
+<main id="grid">
+{cards}
+</main>
+<script>
+const q = document.getElementById("q");
+q.addEventListener("input", () => {{
+  const t = q.value.toLowerCase();
+  for (const f of document.querySelectorAll("figure"))
+    f.classList.toggle("hidden", !!t && !f.dataset.text.includes(t));
+}});
+</script>
+</body></html>
+"""
+
+
+def write_gallery(path: Path, rows: Sequence[Mapping[str, Any]], *, title: str = "camlib") -> None:
+    """``index.html``: a card per image and class (thumbnail linking to the overlay, class,
+    score, layer) and one per failed image; plain HTML with relative links, so it opens
+    from disk with no server or network."""
+    cards = []
+    ok = sum(1 for r in rows if r["status"] == "ok" and int(r["rank"] or 1) == 1)
+    bad = sum(1 for r in rows if r["status"] != "ok")
+    ranked = {str(r["file"]) for r in rows if r["status"] == "ok" and int(r["rank"]) > 1}
+    for r in rows:
+        esc = html.escape
+        file = str(r["file"])
+        text = " ".join(str(r.get(c, "")) for c in ("file", "class_index", "class_name", "status"))
+        if r["status"] == "ok":
+            name = f" {esc(str(r['class_name']))}" if r.get("class_name") else ""
+            score = r["score"]
+            score_text = f"{score:.4g}" if isinstance(score, float) else esc(str(score))
+            rank = f"top-{r['rank']} " if file in ranked else ""
+            cards.append(
+                f'<figure data-text="{esc(text.lower())}"><a href="{quote(r["overlay"])}">'
+                f'<img loading="lazy" src="{quote(r["thumb"])}" alt="{esc(file)}"></a>'
+                f'<figcaption><div class="file">{esc(file)}</div>'
+                f'<div class="cls">{rank}class {esc(str(r["class_index"]))}{name}</div>'
+                f'<div class="meta">score {score_text} &middot; {esc(str(r["method"]))} @ '
+                f'{esc(str(r["layer"]))} &middot; <a href="{quote(r["map"])}">.npy</a></div>'
+                f"</figcaption></figure>"
+            )
+        else:
+            cards.append(
+                f'<figure class="failed" data-text="{esc(text.lower())}"><figcaption>'
+                f'<div class="file">{esc(file)}</div><div class="cls">{esc(str(r["status"]))}'
+                f'</div><div class="err">{esc(str(r["message"]))}</div></figcaption></figure>'
+            )
+    summary = f"{ok} image(s) explained" + (f", {bad} failed" if bad else "")
+    page = _PAGE.format(title=html.escape(title), summary=summary, cards="\n".join(cards))
+    atomic_write(path, page.encode())
