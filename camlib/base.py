@@ -22,7 +22,7 @@ from torch import nn
 from .capture import Capture, Edit, Graph, run_forward
 from .errors import CamlibError, InputError, LayerError, TargetError, warn
 from .guided_relu import GuideSwitch
-from .inputs import check_inputs, model_device
+from .inputs import check_inputs, first_conv, model_device
 from .layers import LayerRef, LayerSpec, _pick, parse_layer, probe_layers
 from .layouts import Arrangement, arrange, check_layout
 from .maps import fuse as fuse_maps
@@ -192,6 +192,7 @@ class Explainer:
         self._auto = [s is None or (isinstance(s, str) and s == "auto") for s in specs]
         if any(self._auto) and len(specs) > 1:
             raise LayerError("'auto' cannot be combined with other layers in a target_layer list")
+        self._first_conv = first_conv(model)
         self.layers: list[LayerRef] = []
         if self.uses_layer and not self._auto[0]:
             self.layers = [parse_layer(model, s) for s in specs]  # type: ignore[arg-type]
@@ -252,7 +253,7 @@ class Explainer:
         """
         with self._lock:
             self.classes = self.scores = None
-            inputs = check_inputs(self.model, inputs)
+            inputs = check_inputs(self.model, inputs, self._first_conv)
             targets = check_targets(targets, inputs.shape[0])
             if callable(targets) and self.class_targets_only:
                 raise TargetError(

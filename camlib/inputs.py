@@ -38,12 +38,15 @@ def model_device(model: nn.Module) -> torch.device | None:
     return None
 
 
-def check_inputs(model: nn.Module, inputs: object) -> torch.Tensor:
+def check_inputs(
+    model: nn.Module, inputs: object, conv: nn.Module | None | bool = True
+) -> torch.Tensor:
     """Validate a batch for ``model`` and move it to the model's device.
 
     Raises :class:`InputError` for non-tensors (with a conversion recipe), a missing
     batch dimension, channels-last images, a channel count the first convolution
-    cannot take, integer dtypes, empty batches and non-finite values.
+    cannot take, integer dtypes, empty batches and non-finite values. ``conv`` is the
+    model's first convolution when the caller knows it (``True``: look it up).
     """
     if not isinstance(inputs, torch.Tensor):
         kind = type(inputs).__name__
@@ -52,7 +55,8 @@ def check_inputs(model: nn.Module, inputs: object) -> torch.Tensor:
         raise InputError(
             f"inputs must be a torch.Tensor batch (N, C, H, W), got {kind} ({module}).{hint}"
         )
-    conv = first_conv(model)
+    if conv is True:
+        conv = first_conv(model)
     rank = next((r for c, r in _CONVS.items() if isinstance(conv, c)), None)
     shape = tuple(inputs.shape)
     channels = conv.in_channels if conv is not None else None
@@ -109,8 +113,8 @@ def check_inputs(model: nn.Module, inputs: object) -> torch.Tensor:
             f"with .float() (and normalise them as the model expects)"
         )
     if inputs.device.type != "meta":
-        bad = int((~torch.isfinite(inputs)).sum())
-        if bad:
+        if not bool(torch.isfinite(inputs).all()):
+            bad = int((~torch.isfinite(inputs)).sum())
             raise InputError(
                 f"inputs hold {bad} non-finite value(s) (NaN or Inf) out of {inputs.numel()}; "
                 f"the maps would be NaN. Clean or mask them first."

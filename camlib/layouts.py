@@ -71,8 +71,9 @@ def token_grid(length: int, size: tuple[int, int]) -> list[tuple[int, int, int]]
     leading tokens and an h x w patch grid (h * w > 1) with the input's aspect ratio.
 
     When several splits fit within rounding, those whose strides are exactly equal are
-    kept (50 tokens at 224 x 224: 1 + 7 x 7, not 8 + 6 x 7); several exact ones remain
-    ambiguous and are all returned."""
+    kept (50 tokens at 224 x 224: 1 + 7 x 7, not 8 + 6 x 7), then those whose patches tile
+    the input exactly (17 tokens at 64 x 64: 1 + 4 x 4 of 16 px, not 8 + 3 x 3 of 21.3 px);
+    what is still ambiguous is all returned (and refused by :func:`arrange`)."""
     found = []
     for prefix in range(min(MAX_PREFIX_TOKENS, length - 2) + 1):
         n = length - prefix
@@ -81,9 +82,12 @@ def token_grid(length: int, size: tuple[int, int]) -> list[tuple[int, int, int]]
             if hh >= 1 and n % hh == 0 and _consistent((hh, n // hh), size):
                 found.append((prefix, hh, n // hh))
     found = sorted(set(found))
-    if len(found) > 1:
-        exact = [(p, h, w) for p, h, w in found if size[0] * w == size[1] * h]
-        found = exact or found
+    for rule in (
+        lambda h, w: size[0] * w == size[1] * h,  # exactly the input's aspect ratio
+        lambda h, w: size[0] % h == 0 and size[1] % w == 0,  # whole patches
+    ):
+        if len(found) > 1:
+            found = [(p, h, w) for p, h, w in found if rule(h, w)] or found
     return found
 
 
