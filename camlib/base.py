@@ -68,7 +68,9 @@ def register(*names: str) -> Callable[[E], E]:
 
     def add(cls: E) -> E:
         if not (isinstance(cls, type) and issubclass(cls, Explainer)):
-            raise CamlibError(f"@register({names[0]!r}) decorates Explainer subclasses, not {cls!r}")
+            raise CamlibError(
+                f"@register({names[0]!r}) decorates Explainer subclasses, not {cls!r}"
+            )
         for name in names:
             dict.__setitem__(METHODS, _key(name), cls)
         cls.name = names[0]
@@ -298,7 +300,10 @@ class Explainer:
         raise NotImplementedError
 
     def postprocess(
-        self, raws: list[torch.Tensor], size: tuple[int, ...], do_upsample: bool,
+        self,
+        raws: list[torch.Tensor],
+        size: tuple[int, ...],
+        do_upsample: bool,
         do_normalize: bool,
     ) -> torch.Tensor:
         """Raw maps -> the returned maps.
@@ -377,11 +382,7 @@ class Explainer:
     def _check_map(self, i: int, fm: object, inputs: torch.Tensor) -> None:
         ref = self.layers[i]
         want = inputs.dim()
-        if (
-            not isinstance(fm, torch.Tensor)
-            or fm.dim() != want
-            or fm.shape[0] != inputs.shape[0]
-        ):
+        if not isinstance(fm, torch.Tensor) or fm.dim() != want or fm.shape[0] != inputs.shape[0]:
             got = tuple(fm.shape) if isinstance(fm, torch.Tensor) else type(fm).__name__
             via = "reshape_transform turned" if self.reshape_transform else "camlib laid out"
             raise LayerError(
@@ -466,7 +467,9 @@ class Explainer:
             self._resolved.popitem(last=False)
 
     def _forward_args_first(self) -> tuple:
-        return tuple(a[:1] if isinstance(a, torch.Tensor) and a.dim() else a for a in self._forward_args)
+        return tuple(
+            a[:1] if isinstance(a, torch.Tensor) and a.dim() else a for a in self._forward_args
+        )
 
 
 def _as_args(value: Any) -> tuple:

@@ -112,13 +112,12 @@ def check_inputs(
             f"inputs must be a floating-point tensor, got {inputs.dtype}; convert images "
             f"with .float() (and normalise them as the model expects)"
         )
-    if inputs.device.type != "meta":
-        if not bool(torch.isfinite(inputs).all()):
-            bad = int((~torch.isfinite(inputs)).sum())
-            raise InputError(
-                f"inputs hold {bad} non-finite value(s) (NaN or Inf) out of {inputs.numel()}; "
-                f"the maps would be NaN. Clean or mask them first."
-            )
+    if inputs.device.type != "meta" and not bool(torch.isfinite(inputs).all()):
+        bad = int((~torch.isfinite(inputs)).sum())
+        raise InputError(
+            f"inputs hold {bad} non-finite value(s) (NaN or Inf) out of {inputs.numel()}; "
+            f"the maps would be NaN. Clean or mask them first."
+        )
     # The dtype is left to the model: its forward may cast (torch names any mismatch).
     device = model_device(model)
     return inputs if device is None or inputs.device == device else inputs.to(device)

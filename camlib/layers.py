@@ -113,7 +113,9 @@ def resolve_layer(
     return parse_layer(model, layer, what=what).module
 
 
-def parse_layer(model: nn.Module, layer: str | nn.Module, *, what: str = "target_layer") -> LayerRef:
+def parse_layer(
+    model: nn.Module, layer: str | nn.Module, *, what: str = "target_layer"
+) -> LayerRef:
     """Resolve a layer spec (name with optional ``@call`` / ``:input``, or a module)."""
     if isinstance(layer, nn.Module):
         if layer is model:
@@ -180,9 +182,7 @@ def _is_spatial(t: object, rank: int, batch: int) -> bool:
     )
 
 
-def probe_layers(
-    model: nn.Module, inputs: torch.Tensor, forward_args: tuple = ()
-) -> LayerProbe:
+def probe_layers(model: nn.Module, inputs: torch.Tensor, forward_args: tuple = ()) -> LayerProbe:
     """Run one no-grad forward on ``inputs`` recording every module's output, in order.
 
     Only this thread's forward pass is recorded (other threads may share the model).
@@ -217,8 +217,15 @@ def probe_layers(
             )
             # A head's adaptive pool only resamples the previous map (VGG's 7x7 pool).
             resample = isinstance(
-                module, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-                         nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+                module,
+                (
+                    nn.AdaptiveAvgPool1d,
+                    nn.AdaptiveAvgPool2d,
+                    nn.AdaptiveAvgPool3d,
+                    nn.AdaptiveMaxPool1d,
+                    nn.AdaptiveMaxPool2d,
+                    nn.AdaptiveMaxPool3d,
+                ),
             )
             is_tensor = isinstance(output, torch.Tensor)
             probe.calls.append(
@@ -302,7 +309,9 @@ def find_target_layer(
     return _pick(model, inputs, forward_args=forward_args)[0]
 
 
-def _pick(model: nn.Module, inputs: torch.Tensor, *, forward_args: tuple = ()) -> tuple[str, LayerProbe]:
+def _pick(
+    model: nn.Module, inputs: torch.Tensor, *, forward_args: tuple = ()
+) -> tuple[str, LayerProbe]:
     """:func:`find_target_layer`, also returning the probe it ran."""
     # One image is enough in eval mode; in training mode BatchNorm needs the real batch.
     sample = inputs if model.training else inputs[:1]

@@ -37,9 +37,16 @@ MAX_PREFIX_TOKENS = 8
 """How many leading non-patch tokens (class, distillation, registers) are looked for."""
 
 _ALIASES = {
-    "channels_first": "channels_first", "nchw": "channels_first", "ncl": "channels_first",
-    "ncdhw": "channels_first", "channels_last": "channels_last", "nhwc": "channels_last",
-    "ndhwc": "channels_last", "nlc": "channels_last", "tokens": "tokens", "nld": "tokens",
+    "channels_first": "channels_first",
+    "nchw": "channels_first",
+    "ncl": "channels_first",
+    "ncdhw": "channels_first",
+    "channels_last": "channels_last",
+    "nhwc": "channels_last",
+    "ndhwc": "channels_last",
+    "nlc": "channels_last",
+    "tokens": "tokens",
+    "nld": "tokens",
 }
 _CHANNELS_LAST_KINDS = ("swin", "patchmerging")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 

@@ -113,13 +113,23 @@ class Smooth:
             batch = torch.cat([x for x, _ in chunk])
             if callable(checked):
                 parts = [
-                    ex(x, checked, upsample=upsample, normalize=False,
-                       additional_forward_args=additional_forward_args)
+                    ex(
+                        x,
+                        checked,
+                        upsample=upsample,
+                        normalize=False,
+                        additional_forward_args=additional_forward_args,
+                    )
                     for x, _ in chunk
                 ]
             else:
-                big = ex(batch, checked * len(chunk), upsample=upsample, normalize=False,
-                         additional_forward_args=_repeat(args, len(chunk), n))
+                big = ex(
+                    batch,
+                    checked * len(chunk),
+                    upsample=upsample,
+                    normalize=False,
+                    additional_forward_args=_repeat(args, len(chunk), n),
+                )
                 parts = list(big.split(n))
             for (_, flipped), maps in zip(chunk, parts, strict=True):
                 maps = maps.flip(-1) if flipped else maps
@@ -131,13 +141,16 @@ class Smooth:
 
     def _copies(self, inputs: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
         gen = torch.Generator(device=inputs.device).manual_seed(self.seed)
-        span = (inputs.flatten(1).amax(1) - inputs.flatten(1).amin(1)).view(-1, *[1] * (inputs.dim() - 1))
+        span = (inputs.flatten(1).amax(1) - inputs.flatten(1).amin(1)).view(
+            -1, *[1] * (inputs.dim() - 1)
+        )
         copies = []
         for _ in range(self.samples):
             x = inputs
             if self.noise > 0:
-                eps = torch.randn(inputs.shape, generator=gen, device=inputs.device,
-                                  dtype=inputs.dtype)
+                eps = torch.randn(
+                    inputs.shape, generator=gen, device=inputs.device, dtype=inputs.dtype
+                )
                 x = inputs + eps * (self.noise * span)
             copies.append((x, False))
             if self.flip:

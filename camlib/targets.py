@@ -46,7 +46,9 @@ def _as_index(value: object) -> int:
         ) from None
 
 
-def check_targets(targets: Targets, batch: int) -> Callable[[object], torch.Tensor] | ClassList | None:
+def check_targets(
+    targets: Targets, batch: int
+) -> Callable[[object], torch.Tensor] | ClassList | None:
     """Validate ``targets`` for a batch of ``batch`` images before any forward pass.
 
     Returns ``None``, the callable, or a list of ``batch`` class indices (an integer
@@ -292,7 +294,9 @@ class DetectionTarget:
             )
         scores = []
         for n, det in enumerate(output):
-            boxes = self._for(self.boxes, n, len(output)).to(det["boxes"].device, det["boxes"].dtype)
+            boxes = self._for(self.boxes, n, len(output)).to(
+                det["boxes"].device, det["boxes"].dtype
+            )
             labels = self._for(self.labels, n, len(output)).to(det["labels"].device)
             total = det["scores"].new_zeros(())
             if len(det["boxes"]):

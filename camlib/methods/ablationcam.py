@@ -39,8 +39,13 @@ class AblationCAM(PerturbationCAM):
     """
 
     def channel_weights(
-        self, inputs: torch.Tensor, act: torch.Tensor, layer: int, arrangement: Arrangement,
-        cap: Capture, targets: Targets,
+        self,
+        inputs: torch.Tensor,
+        act: torch.Tensor,
+        layer: int,
+        arrangement: Arrangement,
+        cap: Capture,
+        targets: Targets,
     ) -> torch.Tensor:
         if arrangement.kind == "custom":
             raise LayerError(
@@ -55,8 +60,14 @@ class AblationCAM(PerturbationCAM):
                 return zero_channels(out, channels, arrangement)
 
             return run_forward(
-                self.model, inputs.index_select(0, rows), None, layers=[ref], graph="none",
-                forward_args=_index_args(args, rows, n), edit=edit, select=False,
+                self.model,
+                inputs.index_select(0, rows),
+                None,
+                layers=[ref],
+                graph="none",
+                forward_args=_index_args(args, rows, n),
+                edit=edit,
+                select=False,
             ).output
 
         keep = act.flatten(2).ne(0).any(-1)  # an all-zero channel cannot change the score

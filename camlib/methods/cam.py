@@ -108,8 +108,14 @@ class CAM(ActivationCAM):
         return found
 
     def _check_head(
-        self, maps: torch.Tensor, act: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
-        cap: Capture, name: str, layer: int,
+        self,
+        maps: torch.Tensor,
+        act: torch.Tensor,
+        w: torch.Tensor,
+        bias: torch.Tensor | None,
+        cap: Capture,
+        name: str,
+        layer: int,
     ) -> None:
         """Check y^c == mean_ij(sum_k w_k^c A^k_ij) + b^c, i.e. that the head is GAP + linear.
 
@@ -123,8 +129,11 @@ class CAM(ActivationCAM):
             size = size + bias.abs().to(size.dtype)
         gap = (implied - cap.scores.to(implied.dtype)).abs()
         # Rounding grows with the working precision: 1e-4 in float32, more in half types.
-        coarsest = max(torch.finfo(cap.scores.dtype).eps, torch.finfo(act.dtype).eps,
-                       torch.finfo(cap.activations[layer].dtype).eps)
+        coarsest = max(
+            torch.finfo(cap.scores.dtype).eps,
+            torch.finfo(act.dtype).eps,
+            torch.finfo(cap.activations[layer].dtype).eps,
+        )
         rtol = max(1e-4, 64 * coarsest)
         if not bool((gap <= rtol * size + torch.finfo(size.dtype).tiny).all()):
             worst = float((gap / size.clamp_min(torch.finfo(size.dtype).tiny)).max())

@@ -107,17 +107,25 @@ def _index_args(args: tuple, rows: torch.Tensor, batch: int) -> tuple:
 
 def _split_output(output: object, parts: int, size: int) -> list[object]:
     """A batched model output of ``parts * size`` rows as ``parts`` outputs of ``size``."""
-    if isinstance(output, (list, tuple)) and len(output) == parts * size and not (
-        output and isinstance(output[0], torch.Tensor) and output[0].dim() and
-        output[0].shape[0] == parts * size
+    if (
+        isinstance(output, (list, tuple))
+        and len(output) == parts * size
+        and not (
+            output
+            and isinstance(output[0], torch.Tensor)
+            and output[0].dim()
+            and output[0].shape[0] == parts * size
+        )
     ):
         return [output[i * size : (i + 1) * size] for i in range(parts)]  # one entry per image
 
     def take(i: int) -> object:
         return pytree.tree_map(
-            lambda t: t[i * size : (i + 1) * size]
-            if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == parts * size
-            else t,
+            lambda t: (
+                t[i * size : (i + 1) * size]
+                if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == parts * size
+                else t
+            ),
             output,
         )
 
@@ -156,8 +164,13 @@ class PerturbationCAM(Explainer):
         return maps
 
     def channel_weights(
-        self, inputs: torch.Tensor, act: torch.Tensor, layer: int, arrangement: Arrangement,
-        cap: Capture, targets: Targets,
+        self,
+        inputs: torch.Tensor,
+        act: torch.Tensor,
+        layer: int,
+        arrangement: Arrangement,
+        cap: Capture,
+        targets: Targets,
     ) -> torch.Tensor:
         """(N, C) channel weights."""
         raise NotImplementedError
@@ -205,8 +218,9 @@ class PerturbationCAM(Explainer):
         return out
 
 
-def minmax_masks(act: torch.Tensor, rows: torch.Tensor, channels: torch.Tensor,
-                 size: tuple[int, ...]) -> torch.Tensor:
+def minmax_masks(
+    act: torch.Tensor, rows: torch.Tensor, channels: torch.Tensor, size: tuple[int, ...]
+) -> torch.Tensor:
     """Score-CAM's masks H for (row, channel) pairs: the activation upsampled to the input
     size and min-max scaled to [0, 1]; (B, 1, *size)."""
     maps = act[rows, channels]  # (B, *grid)

@@ -27,8 +27,13 @@ class ScoreCAM(PerturbationCAM):
     """
 
     def channel_weights(
-        self, inputs: torch.Tensor, act: torch.Tensor, layer: int, arrangement: Arrangement,
-        cap: Capture, targets: Targets,
+        self,
+        inputs: torch.Tensor,
+        act: torch.Tensor,
+        layer: int,
+        arrangement: Arrangement,
+        cap: Capture,
+        targets: Targets,
     ) -> torch.Tensor:
         size, n = tuple(inputs.shape[2:]), inputs.shape[0]
         args = self._forward_args
@@ -37,5 +42,6 @@ class ScoreCAM(PerturbationCAM):
             masks = minmax_masks(act, rows, channels, size).to(inputs.dtype)
             return self.model(inputs.index_select(0, rows) * masks, *_index_args(args, rows, n))
 
-        return self.evaluate(inputs, ~constant_channels(act), cap, targets, run,
-                             class_probabilities)
+        return self.evaluate(
+            inputs, ~constant_channels(act), cap, targets, run, class_probabilities
+        )
