@@ -148,18 +148,16 @@ def _one_map(heatmap: object, rank: int = 2, what: str = "map") -> np.ndarray:
         m = m[0]
     if m.ndim != rank:
         dims = {1: "(L,)", 2: "(H, W)", 3: "(D, H, W)"}[rank]
-        got = shape or m.shape
+        got, n = shape or m.shape, m.shape[0] if m.ndim else 0
         if m.ndim == rank + 1:
-            hint = (
-                f"got a batch of {m.shape[0]} maps (shape {got}): this draws one map, so pass "
-                f"maps[i]"
-                + (" (or draw them all with show_grid(images, maps))" if rank == 2 else "")
+            more = " (or draw them all with show_grid(images, maps))" if rank == 2 else ""
+            if rank == 2 and n == 3:
+                more += "; a signed (C, H, W) map (Guided Backprop) is drawn by signed_to_rgb"
+            raise VizError(
+                f"expected a single {dims} {what} (or (1, ...)); got a batch of {n} maps (shape "
+                f"{got}): this draws one map, so pass maps[i]{more}"
             )
-            if rank == 2 and m.shape[0] == 3:
-                hint += "; a signed (C, H, W) map (Guided Backprop) is drawn by signed_to_rgb"
-        else:
-            hint = f"got shape {got}"
-        raise VizError(f"expected a single {dims} {what} (or (1, ...)); {hint}")
+        raise VizError(f"expected a single {dims} {what} (or (1, ...)); got shape {got}")
     if m.size == 0:
         raise VizError(f"the {what} is empty (shape {shape or m.shape})")
     _check_finite(m, what)
