@@ -332,11 +332,23 @@ class RunSummary:
     rows: list[dict] = field(default_factory=list)
     rank: int = 0
     world_size: int = 1
+    per_rank: list[dict] = field(default_factory=list)
+    """``explained``, ``resumed`` and ``seconds`` of every rank."""
     out: Path = Path(".")
 
     @property
     def images_per_second(self) -> float:
+        """Images explained per second on this rank."""
         return self.explained / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def explained_all(self) -> int:
+        """Images explained by every rank together."""
+        return sum(s["explained"] for s in self.per_rank) if self.per_rank else self.explained
+
+    @property
+    def resumed_all(self) -> int:
+        return sum(s["resumed"] for s in self.per_rank) if self.per_rank else self.resumed
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -569,7 +581,14 @@ def explain_files(
         for r in rows:
             r.pop("_written", None)
 
-        all_rows = _gather(rows, world)
+        mine_stats = {
+            "explained": summary.explained,
+            "resumed": summary.resumed,
+            "seconds": summary.seconds,
+        }
+        parts = _gather((rows, mine_stats), world)
+        all_rows = [row for part_rows, _ in parts for row in part_rows]
+        summary.per_rank = [stats for _, stats in parts]
         all_rows.sort(key=lambda r: (r["file"], int(r["rank"] or 0)))
         summary.rows = all_rows
         failed: dict[str, tuple[str, str, str]] = {}
@@ -725,14 +744,15 @@ def _failed_row(item: Item, status: str, message: str, method: str) -> dict:
     }
 
 
-def _gather(rows: list[dict], world: int) -> list[dict]:
+def _gather(obj: Any, world: int) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` without torch.distributed)."""
     if world == 1:
-        return list(rows)
+        return [obj]
     import torch.distributed as dist
 
-    parts: list[list[dict] | None] = [None] * world
-    dist.all_gather_object(parts, rows)
-    return [row for part in parts for row in (part or [])]
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 # -- merged outputs ---------------------------------------------------------------------------

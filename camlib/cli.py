@@ -218,12 +218,13 @@ def _summary_text(summary, args: argparse.Namespace) -> str:
     layer = rows[0]["layer"] if rows else args.layer
     method = rows[0]["method"] if rows else args.method
     images = len({r["file"] for r in summary.rows})
-    where = "" if summary.world_size == 1 else f" ({summary.world_size} processes; rank 0:)"
+    slowest = max((st["seconds"] for st in summary.per_rank), default=summary.seconds)
+    rate = summary.explained_all / slowest if slowest > 0 else 0.0
+    where = "" if summary.world_size == 1 else f" by {summary.world_size} processes"
     lines = [
         f"camlib explain: {images} image(s), {method} @ {layer} -> {summary.out}",
-        f"  explained {summary.explained}, skipped {summary.resumed} already complete, "
-        f"failed {len(summary.failed)}{where} in {summary.seconds:.1f} s "
-        f"({summary.images_per_second:.1f} images/s)",
+        f"  explained {summary.explained_all}{where}, skipped {summary.resumed_all} already "
+        f"complete, failed {len(summary.failed)} in {slowest:.1f} s ({rate:.1f} images/s)",
     ]
     if summary.failed:
         lines.append("  failed:")

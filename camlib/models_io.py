@@ -27,6 +27,7 @@ import importlib
 import importlib.util
 import pickle
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,7 +218,9 @@ def _pickled_model(path: Path, trust: bool) -> nn.Module:
     if not path.is_file():
         raise ModelLoadError(f"MODEL file {str(path)!r} does not exist")
     try:  # weights_only=True cannot run code: a state dict or plain tensors load here
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, ValueError, TypeError):
         obj = None
     if isinstance(obj, Mapping):
@@ -235,7 +238,12 @@ def _pickled_model(path: Path, trust: bool) -> nn.Module:
             f"--trust-pickle. Safer: save model.state_dict() and pass it with --weights next "
             f"to the architecture (torchvision:NAME or package.module:callable)."
         )
-    model = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        model = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - whatever the pickle does when it fails
+        raise ModelLoadError(
+            f"{str(path)!r} could not be unpickled: {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise ModelLoadError(
             f"{str(path)!r} unpickled to a {type(model).__name__}, not a torch.nn.Module"
