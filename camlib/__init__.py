@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from . import layouts, metrics, targets, viz
 from .base import METHODS, Explainer, MethodError, available_methods, explain, get_method, register
-from .errors import CamlibError, InputError, LayerError, TargetError
+from .errors import CamlibError, InputError, LayerError, TargetError, VizError
 from .layers import find_target_layer, layer_name, resolve_layer
 from .maps import fuse, normalize_absmax, normalize_minmax, upsample
 from .methods import (
@@ -51,6 +51,7 @@ __all__ = [
     "SegmentationTarget",
     "Smooth",
     "TargetError",
+    "VizError",
     "XGradCAM",
     "available_methods",
     "explain",

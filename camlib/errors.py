@@ -23,6 +23,10 @@ class InputError(CamlibError, TypeError):
     """The inputs are not a batch the explainer can use."""
 
 
+class VizError(CamlibError, ValueError):
+    """An image, map, colormap or option that :mod:`camlib.viz` cannot use."""
+
+
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn`` pointing at the first frame outside camlib (the user's line)."""
     import os

@@ -34,16 +34,12 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import CamlibError, warn
+from .errors import VizError, warn
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.colors import Colormap
     from matplotlib.figure import Figure
     from torch import nn
-
-
-class VizError(CamlibError, ValueError):
-    """An image, map, colormap or option that :mod:`camlib.viz` cannot use."""
 
 
 _COLORMAPS = {

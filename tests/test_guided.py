@@ -601,12 +601,13 @@ def test_batch_sizes_shapes_and_normalisation(method):
 
 
 class MixedActivations(nn.Module):
-    """GELU, SiLU, Hardswish, LeakyReLU, ReLU6 and one nn.ReLU."""
+    """GELU, SiLU, Hardswish, LeakyReLU, ELU and one nn.ReLU (ReLU6 is guided: see
+    test_guided_relu6.py)."""
 
     def __init__(self, only_gelu: bool = False) -> None:
         super().__init__()
         acts = [nn.GELU() for _ in range(5)] if only_gelu else [
-            nn.GELU(), nn.SiLU(), nn.Hardswish(), nn.LeakyReLU(0.1), nn.ReLU6(),
+            nn.GELU(), nn.SiLU(), nn.Hardswish(), nn.LeakyReLU(0.1), nn.ELU(),
         ]  # fmt: skip
         layers: list[nn.Module] = []
         ch = 3
@@ -665,7 +666,7 @@ def test_signed_to_rgb_on_a_guided_map(in_ch):
     model = SmallConvNet(in_ch=in_ch).eval()
     x = torch.randn(2, in_ch, 28, 28)
     g = camlib.GuidedBackprop(model)(x)[0]
-    rgb = camlib.viz.signed_to_rgb(g)
+    rgb = camlib.viz.signed_to_rgb(g, contrast=None)  # the plain max |g| scaling
     assert rgb.shape == (28, 28, 3) and rgb.dtype == np.uint8
     g_hwc = g.permute(1, 2, 0).expand(28, 28, 3).numpy()
     expected = (0.5 + 0.5 * g_hwc / np.abs(g_hwc).max()) * 255.0 + 0.5

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..base import Explainer, register
 from ..errors import LayerError, warn
-from ..guided_relu import GuideSwitch
+from ..guided_relu import GuideSwitch, activation_types
 from ..layers import LayerSpec
 from ..maps import fuse, normalize_minmax, upsample
 from ..targets import Targets
@@ -24,10 +24,8 @@ class InputGradient(Explainer):
 
     def guided_forward(self, inputs: torch.Tensor, targets: Targets, switch: GuideSwitch):
         cap = self.forward(inputs, targets, guide=switch)
-        if getattr(switch, "recorded", None) == 0:
-            from .. import guided_relu
-
-            kinds = getattr(guided_relu, "activation_types", lambda m: [])(self.model)
+        if switch.recorded == 0:
+            kinds = activation_types(self.model)
             uses = f" (the model's activations: {', '.join(kinds)})" if kinds else ""
             warn(
                 f"{type(self).__name__}: no activation of {type(self.model).__name__} was guided"
