@@ -1,11 +1,17 @@
 """Models and contenders for ``benchmarks/throughput.py``.
 
-Every contender is a small object with ``prepare()`` (hooks, explainer objects: untimed),
-``run(x)`` (one call, timed: the batch in, per-image maps out) and ``release()`` (remove
-hooks, drop parameter ``.grad``: untimed). ``run`` returns the maps as a torch tensor (or
-numpy array) of shape (N, H, W) - or (N, C, H, W) for guided methods - at input size,
-explaining the model's top class for every image (contenders "given the classes" receive
-exactly those classes, computed once outside the timed region).
+Every contender is a small object with ``prepare()`` (hooks, explainer objects, precomputed
+inputs: untimed), ``run(x)`` (one call, timed: the batch in, per-image maps out) and
+``release()`` (remove hooks, drop parameter ``.grad``: untimed). ``run`` returns the maps as
+a torch tensor (or numpy array) of shape (N, H, W) - or (N, C, H, W) for signed (guided)
+methods - at input size, explaining the model's top class for every image (contenders
+"given the classes" receive exactly those classes, computed once outside the timed region).
+
+There is one camlib contender per registered method (``camlib.available_methods()``), one
+per peer implementation of it (pytorch-grad-cam, torchcam, Captum), and reference
+contenders that produce no map of their own worth comparing: the Grad-CAM lower bound, the
+no-grad forward, and the floors of the perturbation methods (the batched no-grad forward
+passes Score-CAM and Ablation-CAM cannot avoid).
 """
 
 from __future__ import annotations
@@ -53,6 +59,21 @@ class MnistNet(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
+def _vit_b_16() -> nn.Module:
+    """torchvision ``vit_b_16`` with random weights. torchvision initialises the head to
+    zeros, which makes every gradient zero: the head gets small random weights instead."""
+    model = torchvision.models.vit_b_16(weights=None)
+    nn.init.normal_(model.heads.head.weight, std=0.02)
+    return model
+
+
+def vit_reshape(tensor: torch.Tensor) -> torch.Tensor:
+    """pytorch-grad-cam's documented ViT ``reshape_transform``: drop the class token, lay
+    the 196 patch tokens out as 14x14, channels first."""
+    n, _, c = tensor.shape
+    return tensor[:, 1:, :].reshape(n, 14, 14, c).permute(0, 3, 1, 2)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -61,6 +82,8 @@ class ModelSpec:
     channels: int
     native: int  # native input resolution
     gap_linear: bool  # CAM applies (global average pooling + linear head)
+    methods: tuple[str, ...] | None = None  # the methods measured on it (None: all)
+    reshape: Callable[[torch.Tensor], torch.Tensor] | None = None  # for peers / lower bound
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -75,6 +98,18 @@ MODELS: dict[str, ModelSpec] = {
     # automatic choice for VGG and pytorch-grad-cam's recommended model.features[-1].
     "vgg16": ModelSpec(
         "vgg16", lambda: torchvision.models.vgg16(weights=None), "features", 3, 224, False
+    ),
+    # camlib's "auto" picks this layer and lays its tokens out itself; the peers and the
+    # lower bound get pytorch-grad-cam's documented reshape_transform.
+    "vit_b_16": ModelSpec(
+        "vit_b_16",
+        _vit_b_16,
+        "encoder.layers.encoder_layer_11.ln_1",
+        3,
+        224,
+        False,
+        methods=("gradcam",),
+        reshape=vit_reshape,
     ),
 }
 
@@ -111,26 +146,38 @@ def peer_status(name: str) -> tuple[bool, str]:
 # --------------------------------------------------------------------------------------
 # contenders
 
+PERTURBATION = ("scorecam", "ablationcam")
+"""Methods that cost one forward pass per (image, channel): measured on small configs only."""
+
 
 @dataclass
 class Context:
     """What a contender needs to know about the model being measured."""
 
     model: nn.Module
-    layer_name: str
+    spec: ModelSpec
     layer: nn.Module
+    x: torch.Tensor  # the batch (for contenders that precompute from it, untimed)
     classes: torch.Tensor  # the top class of every image (computed once, untimed)
+    batch_size: int  # rows per batched forward for the perturbation methods (all libraries)
+
+    @property
+    def layer_name(self) -> str:
+        return self.spec.layer
 
 
 @dataclass
 class Contender:
     key: str
     label: str
-    kind: str  # "gradcam" (N,H,W maps), "guided" (N,C,H,W maps) or "reference" (no map)
+    kind: str  # "map" (N,H,W maps), "signed" (N,C,H,W maps) or "reference" (no map)
     group: str  # "bound", "camlib", "peer"
     peer: str | None
+    method: str | None  # the --methods name that switches it on (None: always measured)
     description: str
     make: Callable[[Context], Runner] = field(repr=False)
+    ref: str | None = None  # the contender whose maps this one's are compared with
+    by_design: str | None = None  # why the maps may differ by design (None: they must agree)
 
 
 class Runner:
@@ -154,6 +201,25 @@ def _upsample(maps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 
+class _Hook:
+    """A forward hook on ``layer`` that stores its outputs (and can edit them)."""
+
+    def __init__(self, layer: nn.Module, edit: Callable | None = None) -> None:
+        self.store: list[torch.Tensor] = []
+        self.edit = edit
+        self.handle = layer.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, out):  # noqa: ANN001, ANN202
+        if self.edit is not None:
+            return self.edit(out)
+        self.store.append(out)
+        return None
+
+    def remove(self) -> None:
+        self.handle.remove()
+        self.store.clear()
+
+
 class LowerBound(Runner):
     """The least work any Grad-CAM can do with an ordinary forward pass.
 
@@ -163,26 +229,24 @@ class LowerBound(Runner):
     """
 
     def prepare(self) -> None:
-        self.store: list[torch.Tensor] = []
-        self.handle = self.ctx.layer.register_forward_hook(
-            lambda module, args, out: self.store.append(out)
-        )
+        self.hook = _Hook(self.ctx.layer)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        self.store.clear()
+        self.hook.store.clear()
         with torch.enable_grad():
             out = self.ctx.model(x)
-            act = self.store.pop()
+            act = self.hook.store.pop()
             scores = out.gather(1, out.argmax(1, keepdim=True))
             (grad,) = torch.autograd.grad(scores.sum(), act)
         with torch.no_grad():
+            if self.ctx.spec.reshape is not None:
+                act, grad = self.ctx.spec.reshape(act), self.ctx.spec.reshape(grad)
             weights = grad.mean(dim=(2, 3), keepdim=True)
             cam = (weights * act).sum(dim=1, keepdim=True).relu_()
             return _upsample(cam, x)
 
     def release(self) -> None:
-        self.handle.remove()
-        self.store.clear()
+        self.hook.remove()
 
 
 class NoGradForward(Runner):
@@ -193,11 +257,108 @@ class NoGradForward(Runner):
             return self.ctx.model(x)
 
 
-class CamlibMethod(Runner):
-    cls: type[camlib.Explainer]
+class ScoreCamFloor(Runner):
+    """The forward passes Score-CAM needs and nothing else: ``model(x)`` (activations and
+    classes), then ``model(x_masked)`` for every non-constant (image, channel) pair,
+    ``batch_size`` rows at a time, under ``no_grad``. The masked inputs are precomputed
+    (untimed): no mask arithmetic, no scoring, no map."""
 
     def prepare(self) -> None:
-        self.explainer = self.cls(self.ctx.model, target_layer=self.ctx.layer_name)
+        ctx = self.ctx
+        x = ctx.x
+        hook = _Hook(ctx.layer)
+        with torch.no_grad():
+            ctx.model(x)
+            act = hook.store.pop().float()
+            hook.remove()
+            flat = act.flatten(2)
+            lo, hi = flat.amin(-1), flat.amax(-1)
+            keep = (hi - lo) > (hi.abs() + lo.abs()) * (8 * torch.finfo(flat.dtype).eps)
+            rows, chans = keep.nonzero(as_tuple=True)
+            masks = F.interpolate(
+                act[rows, chans][:, None], size=x.shape[-2:], mode="bilinear", align_corners=False
+            )
+            m = masks.flatten(1)
+            lo, hi = m.amin(1)[:, None, None, None], m.amax(1)[:, None, None, None]
+            masks = (masks - lo) / (hi - lo)
+            self.masked = [
+                x.index_select(0, rows[i : i + ctx.batch_size]) * masks[i : i + ctx.batch_size]
+                for i in range(0, len(rows), ctx.batch_size)
+            ]
+        self.pairs = len(rows)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out = self.ctx.model(x)
+            for chunk in self.masked:
+                self.ctx.model(chunk)
+            return out
+
+    def release(self) -> None:
+        del self.masked
+
+
+class AblationFloor(Runner):
+    """The forward passes Ablation-CAM needs and nothing else: ``model(x)``, then for every
+    (image, channel) pair whose channel is not all zero, a no-grad forward of that image with
+    the channel zeroed at the layer (a hook editing the output in place), ``batch_size``
+    rows at a time. Repeated inputs and channel indices are precomputed (untimed)."""
+
+    def prepare(self) -> None:
+        ctx = self.ctx
+        hook = _Hook(ctx.layer)
+        with torch.no_grad():
+            ctx.model(ctx.x)
+        act = hook.store.pop()
+        hook.remove()
+        rows, chans = act.flatten(2).ne(0).any(-1).nonzero(as_tuple=True)
+        bs = ctx.batch_size
+        self.chunks = [
+            (
+                ctx.x.index_select(0, rows[i : i + bs]),
+                torch.arange(len(rows[i : i + bs]), device=ctx.x.device),
+                chans[i : i + bs],
+            )
+            for i in range(0, len(rows), bs)
+        ]
+        self.current: tuple | None = None
+        self.hook = _Hook(ctx.layer, edit=self._zero)
+
+    def _zero(self, out: torch.Tensor) -> torch.Tensor | None:
+        if self.current is not None:
+            out[self.current] = 0
+        return out
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            self.current = None
+            out = self.ctx.model(x)
+            for inputs, rows, chans in self.chunks:
+                self.current = (rows, chans)
+                self.ctx.model(inputs)
+            self.current = None
+            return out
+
+    def release(self) -> None:
+        self.hook.remove()
+        del self.chunks
+
+
+class CamlibMethod(Runner):
+    """``camlib.get_method(name)(model, layer, **options)(x)``: finds each image's top
+    class, upsampled, normalised."""
+
+    name: str
+
+    def prepare(self) -> None:
+        cls = camlib.get_method(self.name)
+        options = {}
+        if issubclass(cls, camlib.methods.families.PerturbationCAM):
+            options["batch_size"] = self.ctx.batch_size
+        if getattr(cls, "uses_layer", True):
+            self.explainer = cls(self.ctx.model, target_layer=self.ctx.layer_name, **options)
+        else:
+            self.explainer = cls(self.ctx.model, **options)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         return self.explainer(x)  # targets=None: camlib finds each image's top class
@@ -206,34 +367,39 @@ class CamlibMethod(Runner):
         self.explainer.close()
 
 
-class CamlibGradCAM(CamlibMethod):
-    cls = camlib.GradCAM
-
-
-class CamlibCAM(CamlibMethod):
-    cls = camlib.CAM
-
-
-class CamlibGuidedGradCAM(CamlibMethod):
-    cls = camlib.GuidedGradCAM
+def camlib_runner(name: str) -> type[Runner]:
+    return type(f"Camlib_{name}", (CamlibMethod,), {"name": name})
 
 
 class PytorchGradCAM(Runner):
-    """pytorch-grad-cam ``GradCAM(model, [layer])(x, targets=None)``: finds the top class."""
+    """``pytorch_grad_cam.<Class>(model, [layer])(x, targets=None)``: finds the top class;
+    returns numpy (N, H, W) in [0, 1]."""
+
+    cls_name = "GradCAM"
 
     def prepare(self) -> None:
-        from pytorch_grad_cam import GradCAM
+        import pytorch_grad_cam
 
+        cls = getattr(pytorch_grad_cam, self.cls_name)
+        kwargs = {"reshape_transform": self.ctx.spec.reshape}
+        if self.cls_name == "AblationCAM":
+            kwargs["batch_size"] = self.ctx.batch_size
         # Its hooks stay on the model until released: made per block so that they do not
         # fire (and store activations) during the other contenders' calls.
-        self.cam = GradCAM(model=self.ctx.model, target_layers=[self.ctx.layer])
+        self.cam = cls(model=self.ctx.model, target_layers=[self.ctx.layer], **kwargs)
+        if self.cls_name == "ScoreCAM":
+            self.cam.batch_size = self.ctx.batch_size  # read with hasattr; default 16
 
     def run(self, x: torch.Tensor):
-        return self.cam(input_tensor=x, targets=None)  # numpy (N, H, W) in [0, 1]
+        return self.cam(input_tensor=x, targets=None)
 
     def release(self) -> None:
         self.cam.activations_and_grads.release()
         self.ctx.model.zero_grad(set_to_none=True)  # it runs loss.backward(): drop .grad
+
+
+def pgc_runner(cls_name: str) -> type[Runner]:
+    return type(f"Pgc_{cls_name}", (PytorchGradCAM,), {"cls_name": cls_name})
 
 
 class CaptumGradCAM(Runner):
@@ -262,23 +428,40 @@ class CaptumGradCAMTop(CaptumGradCAM):
     find_top = True
 
 
-class TorchcamGradCAM(Runner):
-    """torchcam ``GradCAM``: forward, top class from the scores, CAM, then bilinear upsampling."""
+class TorchcamMethod(Runner):
+    """torchcam ``methods.<Class>``: ``scores = model(x)`` (no_grad for the gradient-free
+    ones), ``extractor(scores.argmax(1).tolist(), scores)``, then bilinear upsampling
+    (torchcam returns maps at the layer's size)."""
+
+    cls_name = "GradCAM"
+    gradient = True
 
     def prepare(self) -> None:
-        from torchcam.methods import GradCAM
+        import torchcam.methods
 
-        self.extractor = GradCAM(self.ctx.model, target_layer=self.ctx.layer_name)
+        cls = getattr(torchcam.methods, self.cls_name)
+        kwargs = {}
+        if self.cls_name == "ScoreCAM":
+            kwargs = {"batch_size": self.ctx.batch_size, "input_shape": tuple(self.ctx.x.shape[1:])}
+        elif self.cls_name == "CAM":
+            kwargs = {"input_shape": tuple(self.ctx.x.shape[1:])}
+        self.extractor = cls(self.ctx.model, target_layer=self.ctx.layer_name, **kwargs)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():
+        with torch.set_grad_enabled(self.gradient):
             scores = self.ctx.model(x)
-            cams = self.extractor(class_idx=scores.argmax(dim=1).tolist(), scores=scores)
+        cams = self.extractor(class_idx=scores.argmax(dim=1).tolist(), scores=scores)
         return _upsample(cams[0][:, None], x)
 
     def release(self) -> None:
         self.extractor.remove_hooks()
         self.extractor.reset_hooks()
+
+
+def torchcam_runner(cls_name: str, gradient: bool = True) -> type[Runner]:
+    return type(
+        f"Torchcam_{cls_name}", (TorchcamMethod,), {"cls_name": cls_name, "gradient": gradient}
+    )
 
 
 class CaptumGuidedGradCAM(Runner):
@@ -293,12 +476,105 @@ class CaptumGuidedGradCAM(Runner):
         return self.ggc.attribute(x, target=self.ctx.classes, interpolate_mode="bilinear")
 
 
-CONTENDERS: list[Contender] = [
+class CaptumGuidedBackprop(Runner):
+    """Captum ``GuidedBackprop(model).attribute(x, classes)``."""
+
+    def prepare(self) -> None:
+        from captum.attr import GuidedBackprop
+
+        self.gbp = GuidedBackprop(self.ctx.model)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gbp.attribute(x, target=self.ctx.classes)
+
+
+# --------------------------------------------------------------------------------------
+# the list
+
+LABELS = {
+    "cam": "CAM",
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAM++",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "hirescam": "HiResCAM",
+    "scorecam": "ScoreCAM",
+    "ablationcam": "AblationCAM",
+    "eigencam": "EigenCAM",
+    "guided_backprop": "GuidedBackprop",
+    "guided_gradcam": "GuidedGradCAM",
+}
+
+
+def key_of(method: str) -> str:
+    """``camlib_<key>``: the method name as an identifier (``gradcam++`` -> ``gradcampp``)."""
+    return "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in method.replace("++", "pp"))
+
+
+def camlib_contenders(methods: list[str]) -> list[Contender]:
+    out = []
+    for name in methods:
+        cls = camlib.get_method(name)
+        signed = bool(getattr(cls, "signed", False))
+        ref = {
+            "gradcam": "lower_bound",
+            "cam": "camlib_gradcam",  # identical for a GAP + linear head
+            "guided_gradcam": "captum_guided_gradcam",
+            "guided_backprop": "captum_guided_backprop",
+        }.get(name)
+        out.append(
+            Contender(
+                f"camlib_{key_of(name)}",
+                f"camlib {LABELS.get(name, cls.__name__)}",
+                "signed" if signed else "map",
+                "camlib",
+                None,
+                name,
+                f"camlib.{cls.__name__}(model, layer)(x)",
+                camlib_runner(name),
+                ref=ref,
+            )
+        )
+    return out
+
+
+def _pgc(method: str, cls_name: str, by_design: str | None = None) -> Contender:
+    return Contender(
+        f"pgc_{key_of(method)}",
+        f"pytorch-grad-cam {cls_name}",
+        "map",
+        "peer",
+        "pytorch-grad-cam",
+        method,
+        f"pytorch_grad_cam.{cls_name}(model, [layer])(x, targets=None)",
+        pgc_runner(cls_name),
+        ref=f"camlib_{key_of(method)}",
+        by_design=by_design,
+    )
+
+
+def _tc(method: str, cls_name: str, gradient: bool = True, by_design: str | None = None):
+    return Contender(
+        f"torchcam_{key_of(method)}",
+        f"torchcam {cls_name}",
+        "map",
+        "peer",
+        "torchcam",
+        method,
+        f"torchcam.methods.{cls_name}: model(x), extractor(argmax, scores), interpolate",
+        torchcam_runner(cls_name, gradient),
+        ref=f"camlib_{key_of(method)}",
+        by_design=by_design,
+    )
+
+
+BOUNDS: list[Contender] = [
     Contender(
         "lower_bound",
         "lower bound",
-        "gradcam",
+        "map",
         "bound",
+        None,
         None,
         "forward (grad enabled) + hook + autograd.grad to the layer + Grad-CAM arithmetic + upsampling",
         LowerBound,
@@ -309,91 +585,128 @@ CONTENDERS: list[Contender] = [
         "reference",
         "bound",
         None,
+        None,
         "plain model(x) under torch.no_grad(); produces no map",
         NoGradForward,
     ),
     Contender(
-        "camlib_gradcam",
-        "camlib GradCAM",
-        "gradcam",
-        "camlib",
+        "scorecam_floor",
+        "Score-CAM floor",
+        "reference",
+        "bound",
         None,
-        "camlib.GradCAM(model, layer)(x): top class, upsampled, normalised",
-        CamlibGradCAM,
+        "scorecam",
+        "model(x) + model(x_masked) for every non-constant (image, channel), batch_size rows at "
+        "a time, no_grad, masked inputs precomputed",
+        ScoreCamFloor,
     ),
     Contender(
-        "camlib_cam",
-        "camlib CAM",
-        "gradcam",
-        "camlib",
+        "ablationcam_floor",
+        "Ablation-CAM floor",
+        "reference",
+        "bound",
         None,
-        "camlib.CAM(model, layer)(x) (GAP + linear heads only)",
-        CamlibCAM,
+        "ablationcam",
+        "model(x) + a no-grad forward per non-zero (image, channel) with that channel zeroed "
+        "at the layer, batch_size rows at a time, inputs precomputed",
+        AblationFloor,
     ),
-    Contender(
-        "pgc_gradcam",
-        "pytorch-grad-cam GradCAM",
-        "gradcam",
-        "peer",
-        "pytorch-grad-cam",
-        "pytorch_grad_cam.GradCAM(model, [layer])(x, targets=None)",
-        PytorchGradCAM,
-    ),
+]
+
+PEER_CONTENDERS: list[Contender] = [
+    _pgc("gradcam", "GradCAM"),
     Contender(
         "captum_gradcam",
         "Captum LayerGradCam (given classes)",
-        "gradcam",
+        "map",
         "peer",
         "captum",
+        "gradcam",
         "LayerGradCam.attribute(x, classes, relu_attributions=True) + interpolate(bilinear)",
         CaptumGradCAM,
+        ref="camlib_gradcam",
     ),
     Contender(
         "captum_gradcam_top",
         "Captum LayerGradCam (finds top class)",
-        "gradcam",
+        "map",
         "peer",
         "captum",
+        "gradcam",
         "as above, plus a no-grad forward to find the top class",
         CaptumGradCAMTop,
+        ref="camlib_gradcam",
     ),
-    Contender(
-        "torchcam_gradcam",
-        "torchcam GradCAM",
-        "gradcam",
-        "peer",
-        "torchcam",
-        "torchcam.methods.GradCAM: model(x), extractor(argmax, scores), F.interpolate(bilinear)",
-        TorchcamGradCAM,
+    _tc("gradcam", "GradCAM"),
+    _tc("cam", "CAM", gradient=False),
+    _pgc("gradcam++", "GradCAMPlusPlus", "eps 1e-6 in the alpha denominator"),
+    _tc(
+        "gradcam++",
+        "GradCAMpp",
+        by_design="its in-place division acts on a copy, so alpha = g^2 and "
+        "w = sum g^2 ReLU(g) (no denominator)",
     ),
-    Contender(
-        "camlib_guided_gradcam",
-        "camlib GuidedGradCAM",
-        "guided",
-        "camlib",
-        None,
-        "camlib.GuidedGradCAM(model, layer)(x)",
-        CamlibGuidedGradCAM,
+    _pgc("xgradcam", "XGradCAM", "eps 1e-7 in the denominator"),
+    _tc("xgradcam", "XGradCAM", by_design="eps 1e-8 in the denominator"),
+    _pgc("layercam", "LayerCAM"),
+    _tc("layercam", "LayerCAM"),
+    _pgc("hirescam", "HiResCAM"),
+    _pgc(
+        "scorecam",
+        "ScoreCAM",
+        "softmax over channels of the masked logits (camlib: softmax over classes, the paper's); "
+        "masks upsampled with align_corners=True",
     ),
+    _tc(
+        "scorecam",
+        "ScoreCAM",
+        gradient=False,
+        by_design="softmax over channels of the masked logit minus the unmasked one (camlib: "
+        "softmax over classes)",
+    ),
+    _pgc("ablationcam", "AblationCAM"),
+    _pgc("eigencam", "EigenCAM", "centred activations, sign left to the SVD"),
     Contender(
         "captum_guided_gradcam",
         "Captum GuidedGradCam (given classes)",
-        "guided",
+        "signed",
         "peer",
         "captum",
+        "guided_gradcam",
         'GuidedGradCam(model, layer).attribute(x, classes, interpolate_mode="bilinear")',
         CaptumGuidedGradCAM,
+        ref="camlib_guided_gradcam",
+    ),
+    Contender(
+        "captum_guided_backprop",
+        "Captum GuidedBackprop (given classes)",
+        "signed",
+        "peer",
+        "captum",
+        "guided_backprop",
+        "GuidedBackprop(model).attribute(x, classes)",
+        CaptumGuidedBackprop,
+        ref="camlib_guided_backprop",
     ),
 ]
 
-# Which --methods value switches a contender on (the bounds are always measured).
-METHOD_OF = {
-    "camlib_gradcam": "gradcam",
-    "pgc_gradcam": "gradcam",
-    "captum_gradcam": "gradcam",
-    "captum_gradcam_top": "gradcam",
-    "torchcam_gradcam": "gradcam",
-    "camlib_cam": "cam",
-    "camlib_guided_gradcam": "guided_gradcam",
-    "captum_guided_gradcam": "guided_gradcam",
-}
+
+def contenders(methods: list[str]) -> list[Contender]:
+    """Bounds, then per method camlib's contender and the peers' (in ``methods`` order)."""
+    mine = camlib_contenders(methods)
+    out = list(BOUNDS)
+    for c in mine:
+        out.append(c)
+        out += [p for p in PEER_CONTENDERS if p.method == c.method]
+    return out
+
+
+PEER_METHODS = {
+    "pytorch-grad-cam": [
+        "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam",
+        "eigencam",
+    ],
+    "torchcam": ["cam", "gradcam", "gradcam++", "xgradcam", "layercam", "scorecam"],
+    "captum": ["gradcam", "guided_gradcam", "guided_backprop"],
+}  # fmt: skip
+"""Which camlib methods each peer has a counterpart of (the rest: no peer measured)."""

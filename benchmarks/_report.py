@@ -15,6 +15,7 @@ NOISY = 1.25
 """A ratio whose rounds spread by more than this factor is flagged as noisy."""
 
 # (id, statement, numerator, denominator, what, limit, models or None for all)
+#   limit: a number, or {"cpu": ..., "cuda": ...} where the goal depends on the device
 #   what = "ratio_max": the worst (largest) per-config median of t_num / t_den must be <= limit
 #          "speedup_min": the worst (smallest) per-config median of t_num / t_den must be >= limit
 #          "mem_max": the largest per-config peak_num / peak_den must be <= limit
@@ -118,6 +119,91 @@ GOALS = [
         1.3,
         None,
     ),
+    # issue 9: the method family
+    *[
+        (
+            f"grad-{key}",
+            f"camlib {label} time <= 1.05x camlib Grad-CAM",
+            f"camlib_{key}",
+            "camlib_gradcam",
+            "ratio_max",
+            1.05,
+            None,
+        )
+        for key, label in (
+            ("gradcampp", "Grad-CAM++"),
+            ("xgradcam", "XGrad-CAM"),
+            ("layercam", "LayerCAM"),
+            ("hirescam", "HiResCAM"),
+        )
+    ],
+    (
+        "eigencam",
+        "camlib Eigen-CAM time <= 1.05x a no-grad forward",
+        "camlib_eigencam",
+        "nograd_forward",
+        "ratio_max",
+        1.05,
+        None,
+    ),
+    (
+        "scorecam-floor",
+        "camlib Score-CAM time <= 1.10x its floor (the batched no-grad forwards it needs)",
+        "camlib_scorecam",
+        "scorecam_floor",
+        "ratio_max",
+        1.10,
+        None,
+    ),
+    (
+        "ablationcam-floor",
+        "camlib Ablation-CAM time <= 1.10x its floor (the batched no-grad forwards it needs)",
+        "camlib_ablationcam",
+        "ablationcam_floor",
+        "ratio_max",
+        1.10,
+        None,
+    ),
+    (
+        "scorecam-pgc",
+        "camlib Score-CAM faster than pytorch-grad-cam's ScoreCAM (same inputs and batch_size; "
+        "on CUDA >= 5x)",
+        "pgc_scorecam",
+        "camlib_scorecam",
+        "speedup_min",
+        {"cpu": 1.0, "cuda": 5.0},
+        None,
+    ),
+    (
+        "ablationcam-pgc",
+        "camlib Ablation-CAM faster than pytorch-grad-cam's AblationCAM (same inputs and "
+        "batch_size; on CUDA >= 5x)",
+        "pgc_ablationcam",
+        "camlib_ablationcam",
+        "speedup_min",
+        {"cpu": 1.0, "cuda": 5.0},
+        None,
+    ),
+    (
+        "scorecam-mem",
+        "camlib Score-CAM peak memory bounded by batch_size, not by C: a layer with twice the "
+        "channels needs <= 1.25x the peak memory at the same batch_size",
+        "camlib_scorecam",
+        None,
+        "mem_study",
+        1.25,
+        None,
+    ),
+    (
+        "vit-pgc",
+        "(info) vit_b_16 Grad-CAM (automatic token layout) faster than pytorch-grad-cam's "
+        "(documented reshape_transform)",
+        "pgc_gradcam",
+        "camlib_gradcam",
+        "speedup_min",
+        1.0,
+        ("vit_b_16",),
+    ),
 ]
 
 # plotting order and style
@@ -161,11 +247,37 @@ def mem_ratio(cfg: dict, num: str, den: str) -> float | None:
     return a / b
 
 
-def evaluate_goals(results: list[dict]) -> list[dict]:
+def study_ratios(study: dict | None, key: str = "camlib_scorecam") -> list[dict]:
+    """Per batch_size: peak memory at the widest layer over the narrowest (same batch_size)."""
+    if not study:
+        return []
+    rows = [r for r in study["rows"] if r["contender"] == key and r["peak_extra_mib"]]
+    out = []
+    for bs in sorted({r["batch_size"] for r in rows}):
+        at = sorted((r for r in rows if r["batch_size"] == bs), key=lambda r: r["channels"])
+        if len(at) >= 2 and at[0]["peak_extra_mib"] > 0:
+            out.append(
+                {
+                    "config": f"{study['model']}@{study['resolution']} batch_size {bs}: "
+                    f"{at[-1]['layer']} ({at[-1]['channels']} ch) {at[-1]['peak_extra_mib']:.1f} "
+                    f"MiB vs {at[0]['layer']} ({at[0]['channels']} ch) "
+                    f"{at[0]['peak_extra_mib']:.1f} MiB",
+                    "value": at[-1]["peak_extra_mib"] / at[0]["peak_extra_mib"],
+                    "spread": None,
+                }
+            )
+    return out
+
+
+def evaluate_goals(
+    results: list[dict], device: str = "cpu", study: dict | None = None
+) -> list[dict]:
     goals = []
     for gid, text, num, den, what, limit, models in GOALS:
-        per_config = []
-        for cfg in results:
+        if isinstance(limit, dict):
+            limit = limit["cuda" if device.startswith("cuda") else "cpu"]
+        per_config = study_ratios(study, num) if what == "mem_study" else []
+        for cfg in results if what != "mem_study" else []:
             if models is not None and cfg["model"] not in models:
                 continue
             if what == "mem_max":
@@ -189,11 +301,11 @@ def evaluate_goals(results: list[dict]) -> list[dict]:
         if not per_config:
             goal.update(result="n/a", worst=None, note="not measured (contender or data missing)")
         else:
-            pick = max if what in ("ratio_max", "mem_max") else min
+            pick = max if what in ("ratio_max", "mem_max", "mem_study") else min
             worst = pick(per_config, key=lambda p: p["value"])
             ok = (
                 worst["value"] <= limit
-                if what in ("ratio_max", "mem_max")
+                if what in ("ratio_max", "mem_max", "mem_study")
                 else worst["value"] >= limit
             )
             if what == "speedup_min" and limit == 1.0:
@@ -210,13 +322,17 @@ def evaluate_goals(results: list[dict]) -> list[dict]:
     return goals
 
 
-def build_report(meta: dict, results: list[dict], notes: list[str]) -> dict:
-    disagreements = []
+def build_report(
+    meta: dict, results: list[dict], notes: list[str], study: dict | None = None
+) -> dict:
+    disagreements, by_design = [], []
     for cfg in results:
         for key, row in cfg["contenders"].items():
             a = row["agreement"]
             if a is not None and a["ok"] is False:
                 disagreements.append({"config": _cfg_name(cfg), "contender": key, **a})
+            elif a is not None and a.get("status") == "differs by design":
+                by_design.append({"config": _cfg_name(cfg), "contender": key, **a})
     return {
         "meta": meta,
         "notes": notes,
@@ -224,10 +340,44 @@ def build_report(meta: dict, results: list[dict], notes: list[str]) -> dict:
             "ok": not disagreements,
             "min_r_required": meta["settings"]["agreement_min_r"],
             "disagreements": disagreements,
+            "by_design": by_design,
+            "pairs": agreement_pairs(results),
         },
-        "goals": evaluate_goals(results),
+        "goals": evaluate_goals(results, meta["device"], study),
         "results": results,
+        "scorecam_memory": study,
     }
+
+
+def agreement_pairs(results: list[dict]) -> list[dict]:
+    """Per (contender, reference) pair over every configuration: the smallest Pearson r, the
+    largest difference of the normalised maps, and the status (worst one seen)."""
+    pairs: dict[str, dict] = {}
+    rank = {"agree": 0, "no reference": 0, "differs by design": 1, "DISAGREE": 2}
+    for cfg in results:
+        for key, row in cfg["contenders"].items():
+            a = row["agreement"]
+            if a is None or a.get("reference") is None:
+                continue
+            p = pairs.setdefault(
+                key,
+                {"contender": key, "label": row["label"], "reference": a["reference"],
+                 "min_r": None, "max_diff": None, "status": "agree", "by_design": None,
+                 "configs": 0},
+            )  # fmt: skip
+            p["configs"] += 1
+            if a.get("min_r") is not None:
+                p["min_r"] = a["min_r"] if p["min_r"] is None else min(p["min_r"], a["min_r"])
+            if a.get("max_diff") is not None:
+                p["max_diff"] = (
+                    a["max_diff"] if p["max_diff"] is None else max(p["max_diff"], a["max_diff"])
+                )
+            status = a.get("status", "agree" if a["ok"] else "DISAGREE")
+            if rank.get(status, 2) > rank.get(p["status"], 0):
+                p["status"] = status
+            if a.get("by_design"):
+                p["by_design"] = a["by_design"]
+    return list(pairs.values())
 
 
 # --------------------------------------------------------------------------------------
@@ -265,6 +415,16 @@ def _goal_measure(g: dict) -> str:
     if len(g["per_config"]) > 1:
         text += f"; best {g['best']['value']:.2f} ({g['best']['config']})"
     return text
+
+
+def _agree_cell(a: dict | None) -> str:
+    if a is None:
+        return "-"
+    status = a.get("status", "agree" if a["ok"] else "DISAGREE")
+    if a.get("min_r") is None:
+        return f"**NO** ({a.get('note')})" if a["ok"] is False else status
+    word = {"agree": "yes", "DISAGREE": "**NO**", "differs by design": "by design"}[status]
+    return f"{word} (r {a['min_r']:.6f}, diff {_num(a.get('max_diff'), 2)})"
 
 
 def markdown(report: dict) -> str:
@@ -308,22 +468,52 @@ def markdown(report: dict) -> str:
         "",
     ]
     agr = report["agreement"]
-    lines.append("## Agreement of the maps")
-    lines.append("")
-    if agr["ok"]:
+    lines += ["## Agreement of the maps", ""]
+    lines.append(
+        "Each contender's maps against its reference's, on the same batch, each image's map "
+        f"normalised (min-max; signed maps: divided by the largest |value|): the smallest "
+        f"per-image Pearson r and the largest |difference| over every configuration. "
+        f"'agree' means r > {agr['min_r_required']} in every configuration; 'differs by "
+        "design' marks a peer whose formula differs on purpose (reported, not failed)."
+    )
+    lines += ["", "| contender | reference | configs | min r | max diff | result |",
+              "| --- | --- | ---: | ---: | ---: | --- |"]  # fmt: skip
+    for p in agr.get("pairs", []):
+        result = p["status"]
+        if result == "DISAGREE":
+            result = "**DISAGREE**"
+        elif result == "differs by design":
+            result = f"differs by design: {p['by_design']}"
+        r = "-" if p["min_r"] is None else f"{p['min_r']:.6f}"
         lines.append(
-            f"All contenders agree with camlib: per-image Pearson r > {agr['min_r_required']} "
-            "of the normalised maps in every configuration (Grad-CAM peers and CAM against "
-            "camlib GradCAM, camlib GradCAM against the lower bound, Guided Grad-CAM "
-            "camlib against Captum)."
+            f"| {p['label']} | {_label(results, p['reference'])} | {p['configs']} | {r} | "
+            f"{_num(p['max_diff'], 2)} | {result} |"
         )
-    else:
-        lines.append(f"**Disagreements** (per-image Pearson r <= {agr['min_r_required']}):")
-        lines.append("")
+    if not agr["ok"]:
+        lines += ["", f"**Disagreements** (per-image Pearson r <= {agr['min_r_required']}):", ""]
         for d in agr["disagreements"]:
             lines.append(
                 f"- {d['config']}: {d['contender']} vs {d['reference']}: min r = "
                 f"{_num(d['min_r'], 6)}, images {d.get('bad_images')} {d.get('note', '')}"
+            )
+    study = report.get("scorecam_memory")
+    if study:
+        lines += [
+            "",
+            "## Score-CAM peak memory against batch_size and layer width",
+            "",
+            f"{study['model']} at {study['resolution']}x{study['resolution']}, "
+            f"{study['images']} images; peak extra memory of one call (MiB). The wider "
+            "layer needs twice the masked forward passes; bounded by batch_size means the "
+            "same peak for both layers at a given batch_size.",
+            "",
+            "| contender | layer (channels) | batch_size | peak extra MiB |",
+            "| --- | --- | ---: | ---: |",
+        ]
+        for r in study["rows"]:
+            lines.append(
+                f"| {_label(results, r['contender'])} | {r['layer']} ({r['channels']}) | "
+                f"{r['batch_size']} | {_num(r['peak_extra_mib'])} |"
             )
     lines += [
         "",
@@ -341,7 +531,7 @@ def markdown(report: dict) -> str:
         lines.append("")
         lines.append(
             "| batch | contender | images/s | time / lower bound | time / no-grad fwd "
-            "| peak extra MiB | memory / no-grad fwd | maps agree (min r) |"
+            "| peak extra MiB | memory / no-grad fwd | maps agree (min r, max diff) |"
         )
         lines.append("| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |")
         for cfg in cfgs:
@@ -350,18 +540,7 @@ def markdown(report: dict) -> str:
             for row in rows.values():
                 mem = row["peak_extra_mib"]
                 memr = f"{mem / ng_mem:.2f}x" if mem is not None and ng_mem else "-"
-                a = row["agreement"]
-                agree = (
-                    "-"
-                    if a is None
-                    else (
-                        "no reference"
-                        if a["ok"] is None
-                        else f"{'yes' if a['ok'] else '**NO**'} ({a['min_r']:.6f})"
-                        if a["min_r"] is not None
-                        else f"**NO** ({a.get('note')})"
-                    )
-                )
+                agree = _agree_cell(row["agreement"])
                 lines.append(
                     f"| {cfg['batch']} | {row['label']} | {_spread(row['images_per_s'])} | "
                     f"{_spread(row['ratio_to_lower_bound'], 'x')} | {_spread(row['ratio_to_nograd'], 'x')} | "
@@ -391,7 +570,7 @@ def console_summary(report: dict) -> str:
         out.append(_cfg_name(cfg))
         for row in cfg["contenders"].values():
             a = row["agreement"]
-            agree = "" if a is None or a["ok"] is None else ("agree" if a["ok"] else "DISAGREE")
+            agree = "" if a is None else a.get("status", "")
             lb = row["ratio_to_lower_bound"]
             out.append(
                 f"  {row['label']:40s} {row['images_per_s']['median']:10.1f} img/s  "
@@ -445,12 +624,10 @@ def _by_model(results: list[dict]) -> dict[str, list[dict]]:
 
 
 def _keys(results: list[dict]) -> list[str]:
-    seen = []
-    for cfg in results:
-        for key in cfg["contenders"]:
-            if key not in seen:
-                seen.append(key)
-    return [k for k in STYLE if k in seen] + [k for k in seen if k not in STYLE]
+    """The Grad-CAM family's contenders (those in STYLE), in STYLE's order: the line plots
+    draw these; every method is in methods.png."""
+    seen = {key for cfg in results for key in cfg["contenders"]}
+    return [k for k in STYLE if k in seen]
 
 
 def _grid(plt, n: int):

@@ -1,14 +1,17 @@
 """Throughput, overhead and memory of camlib against a lower bound and its peers.
 
-    python benchmarks/throughput.py --device cpu --models mnist,resnet18,resnet50,vgg16 \\
-        --batch-sizes 1,16,64 --methods cam,gradcam,guided_gradcam \\
-        --compare pytorch-grad-cam,captum,torchcam --out benchmarks/results/cpu
+    python benchmarks/throughput.py --device cpu --models mnist,resnet18,resnet18@64 \\
+        --batch-sizes 1,16 --compare pytorch-grad-cam,captum,torchcam \\
+        --out benchmarks/results/cpu
 
 writes OUT/results.json, OUT/results.md and OUT/*.png. See benchmarks/README.md.
 
-Method: for every (model, resolution, batch size) all contenders run on the same batch.
-Each contender is called once to check its maps against camlib's (per-image Pearson
-correlation of the normalised maps > 0.9999) and to warm up, then its repetitions per
+Method: for every (model, resolution, batch size) all contenders run on the same batch:
+camlib's methods (every registered one by default), the peers' versions of them, and the
+references (Grad-CAM lower bound, no-grad forward, the perturbation methods' floors).
+Each contender is called once to check its maps against its reference (per-image Pearson
+correlation of the normalised maps > 0.9999, and their largest difference; pairs whose
+formulas differ by design are reported, not failed) and to warm up, then its repetitions per
 block are calibrated (a block lasts >= --block-seconds). Then --rounds rounds: in each
 round every contender runs one timed block, in an order rotated by one each round, so
 slow drifts of a shared machine hit all contenders alike. Reported: the median over
@@ -16,7 +19,8 @@ rounds of images/s, and the median over rounds of the per-round time ratio to th
 bound (the same round's block), with the min..max spread. Peak memory is measured
 afterwards in separate calls (CPU: peak resident set size over the RSS before the call,
 via /proc/self/clear_refs and VmHWM; CUDA: torch.cuda.max_memory_allocated over the
-memory allocated before the call).
+memory allocated before the call). Score-CAM's peak memory is also measured at two
+``batch_size`` values and two layer widths (is it bounded by batch_size, not by C?).
 """
 
 from __future__ import annotations
@@ -37,10 +41,14 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-import torch
-import torchvision
-from tqdm import tqdm
+# pytorch-grad-cam's Score-CAM and Ablation-CAM draw a tqdm bar per image: off by default
+# (our own bar passes disable= explicitly, so it is unaffected).
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -73,8 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument(
         "--models",
-        default="mnist,resnet18,resnet50,vgg16",
-        help=f"comma-separated, from {','.join(C.MODELS)}",
+        default="mnist,resnet18,resnet18@64,resnet50,vgg16,vit_b_16",
+        help=f"comma-separated, from {','.join(C.MODELS)}; MODEL@RES runs MODEL at RESxRES "
+        "(e.g. resnet18@64)",
     )
     p.add_argument(
         "--batch-sizes",
@@ -98,8 +107,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resolution-models", default="resnet50", help="default: resnet50")
     p.add_argument(
         "--methods",
-        default="cam,gradcam,guided_gradcam",
-        help="camlib methods (and the matching peers) to measure: cam,gradcam,guided_gradcam",
+        default="all",
+        help="camlib methods (and the matching peers) to measure, from "
+        "camlib.available_methods() (default: all)",
+    )
+    p.add_argument(
+        "--perturbation-at",
+        default=None,
+        help="MODEL@RES configurations where Score-CAM and Ablation-CAM (one forward pass per "
+        "image and channel) run (default: mnist@28,resnet18@64 on CPU, mnist@28,resnet18@224 "
+        "on CUDA); 'all' for everywhere",
+    )
+    p.add_argument(
+        "--perturbation-batch",
+        type=int,
+        default=None,
+        help="batch_size of the perturbation methods, the same for camlib, the peers and the "
+        "floors (default: 32 on CPU, 256 on CUDA)",
+    )
+    p.add_argument(
+        "--scorecam-memory",
+        default=None,
+        help="MODEL@RES for the Score-CAM memory study (batch_size = --perturbation-batch / 4 "
+        "and x 2, at two layers of which one has twice the channels; one image; default "
+        "resnet18@64 on CPU, resnet18@224 on CUDA; 'none' to skip)",
     )
     p.add_argument(
         "--compare",
@@ -122,6 +153,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="one round, short blocks (smoke test)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: rebuild OUT/results.md, the goals and the plots from "
+        "OUT/results.json (after a change to the report)",
+    )
     p.add_argument("--out", required=True, help="output directory")
     args = p.parse_args(argv)
 
@@ -132,17 +169,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--device cuda: torch.cuda.is_available() is False on this machine")
     args.models = _csv(args.models)
     for m in args.models:
-        if m not in C.MODELS:
-            p.error(f"unknown model {m!r}; choose from {', '.join(C.MODELS)}")
+        name, _, res = m.partition("@")
+        if name not in C.MODELS or (res and not res.isdigit()):
+            p.error(f"unknown model {m!r}; choose from {', '.join(C.MODELS)} (MODEL or MODEL@RES)")
     if args.batch_sizes is None:
         args.batch_sizes = "1,16,64" if args.device.type == "cpu" else "1,16,64,256"
     args.batch_sizes = _ints(args.batch_sizes)
     args.resolutions = _ints(args.resolutions)
     args.resolution_models = _csv(args.resolution_models)
-    args.methods = _csv(args.methods)
-    for m in args.methods:
-        if m not in ("cam", "gradcam", "guided_gradcam"):
-            p.error(f"unknown method {m!r}; choose from cam, gradcam, guided_gradcam")
+    known = camlib.available_methods()
+    if args.methods.strip().lower() == "all":
+        args.methods = known
+    else:
+        names = []
+        for m in _csv(args.methods):
+            try:
+                names.append(camlib.get_method(m).name)
+            except camlib.MethodError:
+                p.error(f"unknown method {m!r}; choose from {', '.join(known)} or 'all'")
+        args.methods = list(dict.fromkeys(names))
+    cuda = args.device.type == "cuda"
+    if args.perturbation_at is None:
+        args.perturbation_at = "mnist@28,resnet18@224" if cuda else "mnist@28,resnet18@64"
+    args.perturbation_at = _csv(args.perturbation_at)
+    if args.perturbation_batch is None:
+        args.perturbation_batch = 256 if cuda else 32
+    if args.scorecam_memory is None:
+        args.scorecam_memory = "resnet18@224" if cuda else "resnet18@64"
+    if args.scorecam_memory.lower() == "none":
+        args.scorecam_memory = None
     args.compare = [] if args.compare.strip().lower() == "none" else _csv(args.compare)
     for peer in args.compare:
         if peer not in C.PEERS:
@@ -166,9 +221,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def configs(args: argparse.Namespace) -> list[tuple[str, int, int]]:
     """(model, resolution, batch) in run order."""
     out = []
-    for model in args.models:
+    for entry in args.models:
+        model, _, fixed = entry.partition("@")
         spec = C.MODELS[model]
-        if model in args.resolution_models and spec.channels == 3:
+        if fixed:
+            resolutions = [int(fixed)]
+        elif model in args.resolution_models and spec.channels == 3:
             resolutions = args.resolutions
         else:
             resolutions = [spec.native]
@@ -378,17 +436,19 @@ def as_maps(out) -> torch.Tensor:
     return out.detach().to("cpu", torch.float64)
 
 
+def _normalised(m: torch.Tensor, kind: str) -> torch.Tensor:
+    """Each image's map scaled to [0, 1] (min-max), or to [-1, 1] by its largest |value|
+    for signed maps."""
+    m = m.flatten(1)
+    if kind == "signed":
+        return m / m.abs().amax(1, keepdim=True).clamp_min(1e-300)
+    lo = m.amin(1, keepdim=True)
+    return (m - lo) / (m.amax(1, keepdim=True) - lo).clamp_min(1e-300)
+
+
 def per_image_pearson(a: torch.Tensor, b: torch.Tensor, kind: str) -> list[float]:
-    """Pearson correlation of each image's normalised maps (min-max, or |max| for guided)."""
-    a, b = a.flatten(1), b.flatten(1)
-
-    def norm(m: torch.Tensor) -> torch.Tensor:
-        if kind == "guided":
-            return m / m.abs().amax(1, keepdim=True).clamp_min(1e-300)
-        lo = m.amin(1, keepdim=True)
-        return (m - lo) / (m.amax(1, keepdim=True) - lo).clamp_min(1e-300)
-
-    a, b = norm(a), norm(b)
+    """Pearson correlation of each image's normalised maps (min-max, or |max| for signed)."""
+    a, b = _normalised(a, kind), _normalised(b, kind)
     a = a - a.mean(1, keepdim=True)
     b = b - b.mean(1, keepdim=True)
     na, nb = a.norm(dim=1), b.norm(dim=1)
@@ -403,40 +463,51 @@ def per_image_pearson(a: torch.Tensor, b: torch.Tensor, kind: str) -> list[float
     return out
 
 
+def max_difference(a: torch.Tensor, b: torch.Tensor, kind: str) -> float:
+    """The largest |difference| of the normalised maps, over every image and pixel."""
+    return float((_normalised(a, kind) - _normalised(b, kind)).abs().max())
+
+
 def check_agreement(maps: dict, contenders: list, x: torch.Tensor) -> dict:
-    """Compare each contender's maps with camlib's (see the module docstring)."""
+    """Compare each contender's maps with its reference's (``Contender.ref``).
+
+    ``status``: "agree" (every image's r > AGREEMENT_MIN_R), "differs by design" (the
+    formulas differ on purpose: ``Contender.by_design`` says how; figures reported, not
+    failed) or "DISAGREE" (``ok`` False: the run's exit status is 1).
+    """
     result = {}
-    n, size = x.shape[0], tuple(x.shape[-2:])
+    n, size = x.shape[0], tuple(x.shape[2:])
     for c in contenders:
-        if c.kind == "reference":
+        if c.kind == "reference" or c.ref is None:
             continue
-        if c.kind == "guided":
-            ref = (
-                "captum_guided_gradcam"
-                if c.key == "camlib_guided_gradcam"
-                else "camlib_guided_gradcam"
-            )
-            shape = (n, x.shape[1], *size)
-        else:
-            ref = "lower_bound" if c.key == "camlib_gradcam" else "camlib_gradcam"
-            shape = (n, *size)
+        shape = (n, x.shape[1], *size) if c.kind == "signed" else (n, *size)
         got = maps[c.key]
         if tuple(got.shape) != shape:
             result[c.key] = {
-                "reference": ref,
+                "reference": c.ref,
                 "ok": False,
+                "status": "DISAGREE",
                 "min_r": None,
+                "max_diff": None,
                 "note": f"maps of shape {tuple(got.shape)}, expected {shape}",
             }
             continue
-        if ref not in maps:
-            result[c.key] = {"reference": None, "ok": None, "min_r": None, "note": "no reference"}
+        if c.ref not in maps:
+            result[c.key] = {
+                "reference": None, "ok": None, "status": "no reference", "min_r": None,
+                "max_diff": None,
+            }  # fmt: skip
             continue
-        rs = per_image_pearson(got, maps[ref], c.kind)
+        rs = per_image_pearson(got, maps[c.ref], c.kind)
+        agree = min(rs) > AGREEMENT_MIN_R
+        status = "agree" if agree else ("differs by design" if c.by_design else "DISAGREE")
         result[c.key] = {
-            "reference": ref,
-            "ok": min(rs) > AGREEMENT_MIN_R,
+            "reference": c.ref,
+            "ok": True if agree else (None if c.by_design else False),
+            "status": status,
+            "by_design": None if agree else c.by_design,
             "min_r": min(rs),
+            "max_diff": max_difference(got, maps[c.ref], c.kind),
             "bad_images": [i for i, r in enumerate(rs) if not r > AGREEMENT_MIN_R],
         }
     return result
@@ -454,7 +525,7 @@ def measure_config(args, model, spec, res, batch, contenders, memory, bar) -> di
     layer = dict(model.named_modules())[spec.layer]
     with torch.no_grad():
         classes = model(x).argmax(dim=1)
-    ctx = C.Context(model, spec.layer, layer, classes)
+    ctx = C.Context(model, spec, layer, x, classes, args.perturbation_batch)
     runners = {c.key: c.make(ctx) for c in contenders}
 
     # 1. agreement (doubles as the warm-up call)
@@ -507,6 +578,8 @@ def measure_config(args, model, spec, res, batch, contenders, memory, bar) -> di
             "label": c.label,
             "group": c.group,
             "kind": c.kind,
+            "method": c.method,
+            "peer": c.peer,
             "reps_per_block": reps[c.key],
             "seconds_per_call": t,
             "first_call_s": first[c.key],
@@ -532,14 +605,93 @@ def measure_config(args, model, spec, res, batch, contenders, memory, bar) -> di
     }
 
 
+# Two layers of different width (channels) per model, for the Score-CAM memory study.
+MEMORY_LAYERS = {
+    "resnet18": ("layer2", "layer3"),
+    "resnet50": ("layer2", "layer3"),
+    "mnist": ("features.2", "features.4"),
+}
+
+
+def scorecam_memory(args, memory, peers: dict, bar) -> dict | None:
+    """Peak extra memory of one Score-CAM call at two ``batch_size`` values and two layer
+    widths (camlib, its floor, and pytorch-grad-cam's at the larger batch_size).
+
+    Bounded by ``batch_size`` means: at a given batch_size the wider layer (twice the
+    channels, so twice the masked forward passes) needs about the same peak memory.
+    """
+    if args.scorecam_memory is None or "scorecam" not in args.methods:
+        return None
+    if memory is None or memory.reason is not None:
+        return None
+    model_name, _, res = args.scorecam_memory.partition("@")
+    spec = C.MODELS[model_name]
+    res = int(res) if res else spec.native
+    names = MEMORY_LAYERS[model_name]
+    model = C.build_model(model_name, args.device)
+    modules = dict(model.named_modules())
+    gen = torch.Generator().manual_seed(args.seed)
+    x = torch.randn(1, spec.channels, res, res, generator=gen).to(args.device)
+    with torch.no_grad():
+        classes = model(x).argmax(dim=1)
+    sizes = [max(1, args.perturbation_batch // 4), args.perturbation_batch * 2]
+    runners = []
+    for name in names:
+        lspec = C.ModelSpec(spec.name, spec.build, name, spec.channels, res, spec.gap_linear)
+        for bs in sizes:
+            ctx = C.Context(model, lspec, modules[name], x, classes, bs)
+            runners.append(("camlib_scorecam", name, bs, C.camlib_runner("scorecam")(ctx)))
+            runners.append(("scorecam_floor", name, bs, C.ScoreCamFloor(ctx)))
+            if peers.get("pytorch-grad-cam") and bs == sizes[-1]:
+                runners.append(("pgc_scorecam", name, bs, C.pgc_runner("ScoreCAM")(ctx)))
+    rows, widths = [], {}
+    for key, name, bs, runner in runners:
+        bar.set_description(f"Score-CAM memory {key} {name} batch_size {bs}")
+
+        def measured(r=runner):
+            r.run(x)  # warm-up (untimed, unmeasured)
+            return memory.measure(r.run, x)
+
+        peak = in_block(runner, measured)
+        channels = widths.get(name)
+        if channels is None:
+            hook = C._Hook(modules[name])
+            with torch.no_grad():
+                model(x[:1])
+            channels = widths[name] = int(hook.store.pop().shape[1])
+            hook.remove()
+        rows.append(
+            {"contender": key, "layer": name, "channels": channels, "batch_size": bs,
+             "peak_extra_mib": peak}
+        )  # fmt: skip
+    del model, runners
+    release_free_memory()
+    return {"model": model_name, "resolution": res, "images": int(x.shape[0]), "rows": rows}
+
+
 # --------------------------------------------------------------------------------------
 # main
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    (out_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    report["plots"] = R.plot_all(report, out_dir)
+    (out_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "results.md").write_text(R.markdown(report))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     out_dir = Path(args.out)
+    if args.report_only:
+        old = json.loads((out_dir / "results.json").read_text())
+        report = R.build_report(
+            old["meta"], old["results"], old["notes"], old.get("scorecam_memory")
+        )
+        write_report(report, out_dir)
+        print(R.console_summary(report))
+        return 0 if report["agreement"]["ok"] else 1
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = args.threads or (
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -563,22 +715,48 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"{peer} skipped: {info}")
             print(f"note: {peer} skipped: {info}", file=sys.stderr)
 
-    def wanted(c: C.Contender, spec: C.ModelSpec) -> bool:
-        if c.group == "bound":
+    everywhere = any(p.lower() == "all" for p in args.perturbation_at)
+
+    def wanted(c: C.Contender, model: str, res: int) -> bool:
+        spec = C.MODELS[model]
+        if c.method is None:
             return True
-        if C.METHOD_OF[c.key] not in args.methods:
+        if c.method not in args.methods:
+            return False
+        if spec.methods is not None and c.method not in spec.methods:
+            return False
+        if (
+            c.method in C.PERTURBATION
+            and not everywhere
+            and f"{model}@{res}" not in args.perturbation_at
+        ):
             return False
         if c.peer is not None and not peers.get(c.peer, False):
             return False
-        return not (c.key == "camlib_cam" and not spec.gap_linear)
+        return not (c.method == "cam" and not spec.gap_linear)
 
     plan = configs(args)
-    per_model = {m: [c for c in C.CONTENDERS if wanted(c, C.MODELS[m])] for m in args.models}
-    if "cam" in args.methods:
-        for m in args.models:
-            if not C.MODELS[m].gap_linear:
-                notes.append(f"camlib CAM not measured on {m}: its head is not GAP + linear")
-    total = sum(len(per_model[m]) * (args.rounds + 2) for m, _, _ in plan)
+    candidates = C.contenders(args.methods)
+    per_config = {(m, r, b): [c for c in candidates if wanted(c, m, r)] for m, r, b in plan}
+    for m in dict.fromkeys(m for m, _, _ in plan):
+        spec = C.MODELS[m]
+        if "cam" in args.methods and not spec.gap_linear and spec.methods is None:
+            notes.append(f"camlib CAM not measured on {m}: its head is not GAP + linear")
+        if spec.methods is not None:
+            notes.append(f"{m}: only {', '.join(spec.methods)} measured (and the bounds)")
+    slow = [m for m in args.methods if m in C.PERTURBATION]
+    if slow and not everywhere:
+        notes.append(
+            f"{', '.join(slow)} (one forward pass per image and channel) measured only at "
+            f"{', '.join(args.perturbation_at)}, batch_size {args.perturbation_batch} for "
+            f"camlib, the peers and the floors"
+        )
+    for peer, names in C.PEER_METHODS.items():
+        if peers.get(peer):
+            lacking = [m for m in args.methods if m not in names]
+            if lacking:
+                notes.append(f"{peer} has no counterpart measured for: {', '.join(lacking)}")
+    total = sum(len(per_config[cfg]) * (args.rounds + 2) for cfg in plan)
 
     if args.device.type == "cpu" and hasattr(os, "getloadavg") and os.getloadavg()[0] >= 0.5:
         busy = (
@@ -612,6 +790,8 @@ def main(argv: list[str] | None = None) -> int:
             "resolution_models": args.resolution_models,
             "max_batch": args.max_batch,
             "methods": args.methods,
+            "perturbation_at": args.perturbation_at,
+            "perturbation_batch": args.perturbation_batch,
             "compare": args.compare,
             "rounds": args.rounds,
             "block_seconds": args.block_seconds,
@@ -647,22 +827,21 @@ def main(argv: list[str] | None = None) -> int:
                     spec,
                     res,
                     batch,
-                    per_model[model_name],
+                    per_config[(model_name, res, batch)],
                     memory,
                     bar,
                 )
             )
+        models_built.clear()
+        study = scorecam_memory(args, memory, peers, bar)
     finally:
         bar.close()
 
     meta["wall_seconds"] = round(time.perf_counter() - started, 1)
     if hasattr(os, "getloadavg"):
         meta["machine"]["load_average_at_end"] = list(os.getloadavg())
-    report = R.build_report(meta, results, notes)
-    (out_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    report["plots"] = R.plot_all(report, out_dir)
-    (out_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "results.md").write_text(R.markdown(report))
+    report = R.build_report(meta, results, notes, study)
+    write_report(report, out_dir)
     print(R.console_summary(report))
     print(
         f"wrote {out_dir}/results.json, results.md and {len(report['plots'])} plots "

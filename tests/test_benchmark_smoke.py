@@ -1,8 +1,11 @@
 """Smoke test of benchmarks/throughput.py: a --quick run on the MNIST net, batch size 2.
 
-Checks that the script runs end to end, writes results.json, results.md and the plots,
-that every contender has a positive throughput, and that every contender's maps agree
-with camlib's. Peers that are not installed must be skipped with a note, not fail.
+Checks that the script runs end to end with every registered camlib method, the peers'
+versions of them and the references (lower bound, no-grad forward, the perturbation
+methods' floors), writes results.json, results.md and the plots, that every contender has
+a positive throughput, that maps agree where the formulas agree (and only the pairs known
+to differ by design differ), and that the Score-CAM memory study ran. Peers that are not
+installed must be skipped with a note, not fail.
 """
 
 from __future__ import annotations
@@ -17,16 +20,34 @@ from pathlib import Path
 import pytest
 import torch
 
+import camlib
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "throughput.py"
 
 # peer name on the command line -> (module, contenders it provides)
 PEERS = {
-    "pytorch-grad-cam": ("pytorch_grad_cam", {"pgc_gradcam"}),
-    "captum": ("captum", {"captum_gradcam", "captum_gradcam_top", "captum_guided_gradcam"}),
-    "torchcam": ("torchcam", {"torchcam_gradcam"}),
-}
-ALWAYS = {"lower_bound", "nograd_forward", "camlib_gradcam", "camlib_cam", "camlib_guided_gradcam"}
+    "pytorch-grad-cam": ("pytorch_grad_cam", {
+        "pgc_gradcam", "pgc_gradcampp", "pgc_xgradcam", "pgc_layercam", "pgc_hirescam",
+        "pgc_scorecam", "pgc_ablationcam", "pgc_eigencam",
+    }),
+    "captum": ("captum", {
+        "captum_gradcam", "captum_gradcam_top", "captum_guided_gradcam", "captum_guided_backprop",
+    }),
+    "torchcam": ("torchcam", {
+        "torchcam_cam", "torchcam_gradcam", "torchcam_gradcampp", "torchcam_xgradcam",
+        "torchcam_layercam", "torchcam_scorecam",
+    }),
+}  # fmt: skip
+BOUNDS = {"lower_bound", "nograd_forward", "scorecam_floor", "ablationcam_floor"}
+# Peers whose formula differs from camlib's on purpose (eps, centring, sign, softmax axis):
+# their maps are reported as "differs by design" when they differ, never as a failure.
+BY_DESIGN = {"pgc_gradcampp", "torchcam_gradcampp", "pgc_xgradcam", "torchcam_xgradcam",
+             "pgc_scorecam", "torchcam_scorecam", "pgc_eigencam"}  # fmt: skip
+
+
+def camlib_key(method: str) -> str:
+    return "camlib_" + method.replace("++", "pp")
 
 
 def _installed(module: str) -> bool:
@@ -38,9 +59,10 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench")
     cmd = [
         sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--models", "mnist",
-        "--batch-sizes", "2", "--rounds", "1", "--threads", str(min(2, torch.get_num_threads())),
-        "--methods", "cam,gradcam,guided_gradcam",
-        "--compare", ",".join(PEERS), "--no-progress", "--out", str(out),
+        "--batch-sizes", "1", "--rounds", "1", "--threads", str(min(2, torch.get_num_threads())),
+        "--methods", "all", "--block-seconds", "0.02", "--perturbation-batch", "32",
+        "--scorecam-memory", "mnist@28", "--compare", ",".join(PEERS), "--no-progress",
+        "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout}\n{proc.stderr}"
@@ -65,9 +87,9 @@ def test_outputs_written(quick_run: Path) -> None:
 def test_every_contender_measured_and_agrees(quick_run: Path) -> None:
     report = json.loads((quick_run / "results.json").read_text())
     (cfg,) = report["results"]
-    assert (cfg["model"], cfg["batch"]) == ("mnist", 2)
+    assert (cfg["model"], cfg["batch"]) == ("mnist", 1)
     rows = cfg["contenders"]
-    expected = set(ALWAYS)
+    expected = BOUNDS | {camlib_key(m) for m in camlib.available_methods()}
     for peer, (module, keys) in PEERS.items():
         if _installed(module):
             expected |= keys
@@ -82,9 +104,36 @@ def test_every_contender_measured_and_agrees(quick_run: Path) -> None:
         assert row["peak_extra_mib"] is not None, key
     assert report["agreement"]["ok"], report["agreement"]["disagreements"]
     for key, row in rows.items():
-        if key != "nograd_forward":
-            assert row["agreement"]["ok"] is not False, key
-    assert rows["camlib_gradcam"]["agreement"]["ok"] is True
+        a = row["agreement"]
+        if row["kind"] == "reference":
+            assert a is None, key
+        elif a is not None:
+            assert a["ok"] is not False, key
+            if a["status"] == "differs by design":
+                assert key in BY_DESIGN, key
+            else:  # the formulas agree: so must the maps, to rounding
+                assert a["status"] == "agree" and a["min_r"] > 0.9999, key
+    # camlib Grad-CAM equals the lower bound's maps, CAM equals Grad-CAM (GAP + linear head)
+    for key in ("camlib_gradcam", "camlib_cam", "pgc_layercam", "pgc_hirescam"):
+        if key in rows:
+            assert rows[key]["agreement"]["max_diff"] < 1e-4, key
+    # the two perturbation floors were timed and are slower than one no-grad forward
+    for key in ("scorecam_floor", "ablationcam_floor"):
+        assert rows[key]["seconds_per_call"][0] > rows["nograd_forward"]["seconds_per_call"][0]
+
+
+def test_scorecam_memory_study(quick_run: Path) -> None:
+    report = json.loads((quick_run / "results.json").read_text())
+    study = report["scorecam_memory"]
+    assert (study["model"], study["resolution"]) == ("mnist", 28)
+    mine = [r for r in study["rows"] if r["contender"] == "camlib_scorecam"]
+    assert {(r["layer"], r["batch_size"]) for r in mine} == {
+        (layer, bs) for layer in ("features.2", "features.4") for bs in (8, 64)
+    }
+    assert {r["channels"] for r in mine} == {64, 128}
+    assert all(r["peak_extra_mib"] is not None for r in mine)
+    goal = next(g for g in report["goals"] if g["id"] == "scorecam-mem")
+    assert len(goal["per_config"]) == 2 and goal["result"] in ("PASS", "FAIL")
 
 
 def test_missing_peer_is_skipped_not_fatal(tmp_path: Path) -> None:
