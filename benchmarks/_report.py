@@ -753,6 +753,129 @@ def _resolution_plot(results, path):
     return path.name
 
 
+LIB_COLOURS = {"camlib": "tab:blue", "pytorch-grad-cam": "tab:red", "torchcam": "tab:green",
+               "captum": "tab:orange"}  # fmt: skip
+
+
+def _methods_plot(results, path):
+    """One panel per model@resolution at its smallest batch: time per call of every method,
+    camlib beside each peer's version; the no-grad forward, the lower bound and the
+    perturbation floors as reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels: dict[tuple, dict] = {}
+    for cfg in results:
+        key = (cfg["model"], cfg["resolution"])
+        if key not in panels or cfg["batch"] < panels[key]["batch"]:
+            panels[key] = cfg
+    cfgs = [c for c in panels.values() if any(r.get("method") for r in c["contenders"].values())]
+    if not cfgs:
+        return None
+    heights = []
+    for cfg in cfgs:
+        methods = {r["method"] for r in cfg["contenders"].values() if r.get("method")}
+        heights.append(len(methods) + 1)
+    fig, axes = plt.subplots(
+        len(cfgs), 1, figsize=(9, sum(0.5 * h + 0.9 for h in heights)),
+        gridspec_kw={"height_ratios": heights}, squeeze=False,
+    )  # fmt: skip
+    for ax, cfg in zip(axes[:, 0], cfgs, strict=True):
+        rows = cfg["contenders"]
+        methods = list(
+            dict.fromkeys(
+                r["method"] for r in rows.values() if r.get("method") and r["group"] != "bound"
+            )
+        )
+        libs = ["camlib", "pytorch-grad-cam", "torchcam", "captum"]
+        width = 0.8 / len(libs)
+        for j, lib in enumerate(libs):
+            ys, xs = [], []
+            for i, m in enumerate(methods):
+                found = [
+                    r for k, r in rows.items()
+                    if r.get("method") == m and r["group"] != "bound"
+                    and (r["peer"] == lib if lib != "camlib" else r["group"] == "camlib")
+                    and not k.endswith("_top")
+                ]  # fmt: skip
+                if found:
+                    t = statistics.median(found[0]["seconds_per_call"]) * 1e3
+                    ys.append(i + (j - (len(libs) - 1) / 2) * width)
+                    xs.append(t)
+            if xs:
+                ax.barh(ys, xs, height=width, color=LIB_COLOURS[lib], label=lib)
+        for key, style in (("nograd_forward", ":"), ("lower_bound", "--")):
+            if key in rows:
+                t = statistics.median(rows[key]["seconds_per_call"]) * 1e3
+                ax.axvline(t, color="0.3", linestyle=style, linewidth=1, label=rows[key]["label"])
+        for key, colour in (("scorecam_floor", "tab:purple"), ("ablationcam_floor", "tab:brown")):
+            if key in rows:
+                t = statistics.median(rows[key]["seconds_per_call"]) * 1e3
+                ax.axvline(t, color=colour, linestyle="-.", linewidth=1, label=rows[key]["label"])
+        ax.set_yticks(range(len(methods)))
+        ax.set_yticklabels(methods)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("ms per call (median over rounds)")
+        ax.set_title(
+            f"{cfg['model']} at {cfg['resolution']}x{cfg['resolution']}, batch {cfg['batch']}"
+        )
+        ax.grid(True, axis="x", which="both", alpha=0.3)
+    handles, labels = [], []
+    for ax in axes[:, 0]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.suptitle("Every method: camlib beside the peers' versions")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.98))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _memory_study_plot(study, path):
+    """Score-CAM peak memory against batch_size, one line per (contender, layer)."""
+    if not study:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    styles = {"camlib_scorecam": ("tab:blue", "o"), "scorecam_floor": ("0.4", "s"),
+              "pgc_scorecam": ("tab:red", "v")}  # fmt: skip
+    names = {"camlib_scorecam": "camlib ScoreCAM", "scorecam_floor": "Score-CAM floor",
+             "pgc_scorecam": "pytorch-grad-cam ScoreCAM"}  # fmt: skip
+    for key, (colour, marker) in styles.items():
+        for layer, ls in zip(
+            dict.fromkeys(r["layer"] for r in study["rows"]), ("--", "-"), strict=False
+        ):
+            pts = sorted(
+                (r["batch_size"], r["peak_extra_mib"], r["channels"])
+                for r in study["rows"] if r["contender"] == key and r["layer"] == layer
+            )  # fmt: skip
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colour, marker=marker,
+                        linestyle=ls, label=f"{names[key]}, {layer} ({pts[0][2]} ch)")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch_size (masked inputs per forward pass)")
+    ax.set_ylabel("peak extra memory (MiB)")
+    ax.set_title(
+        f"Score-CAM memory, {study['model']} at {study['resolution']}, {study['images']} image(s)"
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
 def plot_all(report: dict, out_dir: Path) -> list[str]:
     results = report["results"]
     device = report["meta"]["device"]
@@ -782,5 +905,7 @@ def plot_all(report: dict, out_dir: Path) -> list[str]:
             out_dir / "memory.png",
         ),
         _resolution_plot(results, out_dir / "resolution.png"),
+        _methods_plot(results, out_dir / "methods.png"),
+        _memory_study_plot(report.get("scorecam_memory"), out_dir / "scorecam_memory.png"),
     ]
     return [m for m in made if m]

@@ -114,9 +114,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--perturbation-at",
         default=None,
-        help="MODEL@RES configurations where Score-CAM and Ablation-CAM (one forward pass per "
-        "image and channel) run (default: mnist@28,resnet18@64 on CPU, mnist@28,resnet18@224 "
-        "on CUDA); 'all' for everywhere",
+        help="MODEL@RES[=MAXBATCH] configurations where Score-CAM and Ablation-CAM (one forward "
+        "pass per image and channel) run, up to batch MAXBATCH if given (default: "
+        "mnist@28,resnet18@64 on CPU, mnist@28,resnet18@224=16 on CUDA); 'all' for everywhere",
     )
     p.add_argument(
         "--perturbation-batch",
@@ -190,7 +190,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.methods = list(dict.fromkeys(names))
     cuda = args.device.type == "cuda"
     if args.perturbation_at is None:
-        args.perturbation_at = "mnist@28,resnet18@224" if cuda else "mnist@28,resnet18@64"
+        args.perturbation_at = "mnist@28,resnet18@224=16" if cuda else "mnist@28,resnet18@64"
     args.perturbation_at = _csv(args.perturbation_at)
     if args.perturbation_batch is None:
         args.perturbation_batch = 256 if cuda else 32
@@ -716,8 +716,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {peer} skipped: {info}", file=sys.stderr)
 
     everywhere = any(p.lower() == "all" for p in args.perturbation_at)
+    slow_at = {}
+    for item in args.perturbation_at:
+        where, _, most = item.partition("=")
+        slow_at[where.strip()] = int(most) if most else None
 
-    def wanted(c: C.Contender, model: str, res: int) -> bool:
+    def wanted(c: C.Contender, model: str, res: int, batch: int) -> bool:
         spec = C.MODELS[model]
         if c.method is None:
             return True
@@ -725,19 +729,17 @@ def main(argv: list[str] | None = None) -> int:
             return False
         if spec.methods is not None and c.method not in spec.methods:
             return False
-        if (
-            c.method in C.PERTURBATION
-            and not everywhere
-            and f"{model}@{res}" not in args.perturbation_at
-        ):
-            return False
+        if c.method in C.PERTURBATION and not everywhere:
+            where = f"{model}@{res}"
+            if where not in slow_at or (slow_at[where] is not None and batch > slow_at[where]):
+                return False
         if c.peer is not None and not peers.get(c.peer, False):
             return False
         return not (c.method == "cam" and not spec.gap_linear)
 
     plan = configs(args)
     candidates = C.contenders(args.methods)
-    per_config = {(m, r, b): [c for c in candidates if wanted(c, m, r)] for m, r, b in plan}
+    per_config = {(m, r, b): [c for c in candidates if wanted(c, m, r, b)] for m, r, b in plan}
     for m in dict.fromkeys(m for m, _, _ in plan):
         spec = C.MODELS[m]
         if "cam" in args.methods and not spec.gap_linear and spec.methods is None:
@@ -834,6 +836,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         models_built.clear()
         study = scorecam_memory(args, memory, peers, bar)
+    except KeyboardInterrupt:  # (also timeout --signal=INT): keep what was measured
+        study = None
+        done = ", ".join(f"{r['model']}@{r['resolution']} batch {r['batch']}" for r in results)
+        notes.append(f"interrupted: only these configurations were measured: {done or 'none'}")
+        print(f"warning: {notes[-1]}", file=sys.stderr)
     finally:
         bar.close()
 

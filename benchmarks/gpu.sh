@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The CUDA benchmark in one prepared run: every camlib method beside the peers' versions,
+# the references (lower bound, no-grad forward, the Score-CAM / Ablation-CAM floors),
+# vit_b_16 Grad-CAM against pytorch-grad-cam with its ViT reshape_transform, the Score-CAM
+# memory study; batch sizes 1, 16, 64; float32, no autocast (AMP off).
+#
+#   bash benchmarks/gpu.sh            # from the repository root, on a machine with one GPU
+#
+# Sized to finish in about 6 minutes on one H100 (estimated, not yet run: no GPU was lent
+# where it was written); a hard stop at 470 s of measurement (SIGINT) still writes the
+# configurations measured by then, with a note saying which. Writes
+# benchmarks/results/cuda/{results.json,results.md,*.png} and nvidia-smi.txt.
+# The perturbation methods (one forward pass per image and channel) run on the MNIST net
+# and on ResNet-18 at 224x224 up to batch 16 (512 channels: 8192 masked forward passes
+# per call at batch 16), batch_size 256 for camlib, the peers and the floors alike.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
+OUT=benchmarks/results/cuda
+mkdir -p "$OUT"
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
+"$PY" - <<'EOF'
+import torch
+assert torch.cuda.is_available(), "benchmarks/gpu.sh needs CUDA (torch.cuda.is_available() is False)"
+print("GPU:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| CUDA", torch.version.cuda)
+EOF
+timeout --signal=INT 470 "$PY" benchmarks/throughput.py --device cuda \
+    --models mnist,resnet18,resnet50,vit_b_16 --batch-sizes 1,16,64 \
+    --perturbation-at mnist@28,resnet18@224=16 --perturbation-batch 256 \
+    --scorecam-memory resnet18@224 \
+    --compare pytorch-grad-cam,captum,torchcam \
+    --rounds 3 --block-seconds 0.2 --no-progress --out "$OUT"
+# docs: python docs/gen_figures.py   (copies the tables and plots into docs/)
