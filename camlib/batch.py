@@ -565,7 +565,11 @@ def explain_files(
                     if results is not None:
                         layer_used = _layer_name(explainer)
                         for j, item in enumerate(batch_items):
-                            per = [(m[j], int(c[j]), float(s[j])) for m, c, s in results]
+                            size = tuple(batch["images"][j].shape[:2])
+                            per = [
+                                (_full_map(m[j], size, raw_maps, signed), int(c[j]), float(s[j]))
+                                for m, c, s in results
+                            ]
                             pending.append(
                                 pool.submit(
                                     _write_image,
@@ -671,34 +675,38 @@ def _explain_batch(
     return results
 
 
+def _full_map(m: torch.Tensor, size: tuple[int, int], raw: bool, signed: bool) -> np.ndarray:
+    """One map at the image's size, as float32 numpy (computed here, in the main thread,
+    so torch's thread pool is not entered from the writer threads)."""
+    if raw:  # the raw grid, interpolated once to the image, then scaled to [0, 1]
+        full = normalize_minmax(upsample(m.unsqueeze(0), size))[0]
+    elif signed:
+        full = torch.nn.functional.interpolate(
+            m.unsqueeze(0), size=size, mode="bilinear", align_corners=False
+        )[0].clamp_(-1, 1)
+    else:
+        full = upsample(m.unsqueeze(0), size)[0].clamp_(0, 1)
+    return full.numpy().astype(np.float32, copy=False)
+
+
 def _write_image(
     item: Item,
     image: torch.Tensor,
-    per_rank: list[tuple[torch.Tensor, int, float]],
+    per_rank: list[tuple[np.ndarray, int, float]],
     layer: str,
     ctx: dict,
 ) -> list[dict]:
-    """Map(s) at the image's size -> .npy, overlay .png, thumbnail, then the record."""
+    """Maps at the image's size -> .npy, overlay .png, thumbnail, then the record."""
     from . import viz
 
     out: Path = ctx["out"]
     k = len(per_rank)
-    size = tuple(image.shape[:2])
     rgb = image.numpy()
     if rgb.shape[2] == 1:
         rgb = np.repeat(rgb, 3, axis=2)
     rows = []
     try:
-        for r, (m, cls_index, score) in enumerate(per_rank):
-            if ctx["raw"]:  # the raw grid, interpolated once to the image, then [0, 1]
-                full = normalize_minmax(upsample(m.unsqueeze(0), size))[0]
-            elif ctx["signed"]:
-                full = torch.nn.functional.interpolate(
-                    m.unsqueeze(0), size=size, mode="bilinear", align_corners=False
-                )[0].clamp_(-1, 1)
-            else:
-                full = upsample(m.unsqueeze(0), size)[0].clamp_(0, 1)
-            array = full.numpy().astype(np.float32, copy=False)
+        for r, (array, cls_index, score) in enumerate(per_rank):
             shown = viz.signed_to_rgb(array) if ctx["signed"] else viz.overlay(rgb, array)
             paths = _paths(out, item.name, r, k)
             atomic_write(out / paths["map"], _npy_bytes(array))
@@ -788,7 +796,7 @@ header {{ position: sticky; top: 0; background: #283593; color: #fff; padding: 1
 header h1 {{ font-size: 18px; margin: 0; }}
 header input {{ padding: 4px 8px; border-radius: 4px; border: 0; min-width: 220px; }}
 main {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(210px, 1fr));
-  gap: 12px; padding: 16px; }}
+  gap: 12px; padding: 16px; align-items: start; }}
 figure {{ margin: 0; background: #fff; border-radius: 6px; overflow: hidden;
   box-shadow: 0 1px 3px rgba(0,0,0,.15); }}
 figure img {{ width: 100%; aspect-ratio: 1; object-fit: contain; background: #111;
