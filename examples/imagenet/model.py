@@ -65,13 +65,15 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
 
 def crop_resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Scale (N, C, H, W) so it covers ``height x width`` (antialiased bilinear), then
-    take the centre. ``height = width = 224`` is the usual resize-and-centre-crop."""
+    take the centre. ``height = width = 224`` is the usual resize-and-centre-crop.
+
+    Values stay in [0, 255] (the antialiasing filter can overshoot by a rounding error)."""
     h, w = x.shape[-2:]
     s = max(height / h, width / w)
     size = (max(height, round(h * s)), max(width, round(w * s)))
     x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     top, left = (size[0] - height) // 2, (size[1] - width) // 2
-    return x[..., top : top + height, left : left + width]
+    return x[..., top : top + height, left : left + width].clamp(0.0, 255.0)
 
 
 def normalize(x255: torch.Tensor) -> torch.Tensor:

@@ -19,12 +19,16 @@ def write_report(path: Path, r: dict) -> None:
     add("# ImageNet photos with camlib: EfficientNet-Lite0, every method, class by class\n")
     if r["quick"]:
         add(
-            "> **Quick run** (`--quick`): two photos and three methods, to check that every "
+            "> **Quick run** (`--quick`): two photos and two methods, to check that every "
             "step runs. Run without `--quick` for every photo and every method.\n"
         )
+    st = r["settings"]
+    args = " --quick" if r["quick"] else ""
+    if not r["quick"] and st.get("methods") is not None:
+        args += " --methods " + " ".join(st["methods"])
     add(
-        f"Reproduce: `python -m examples.imagenet --out OUT{' --quick' if r['quick'] else ''}` "
-        f"(`make imagenet`). Model: {r['model']}, input 224 x 224 scaled as (RGB - 127) / 128 "
+        f"Reproduce: `python -m examples.imagenet --out OUT{args}`"
+        f"{'' if args else ' (`make imagenet`)'}. Model: {r['model']}, input 224 x 224 scaled as (RGB - 127) / 128 "
         f"after resizing the shorter side to 224 and centre-cropping. Layer explained: "
         f"`{r['layer']}` (the head's 7 x 7 x 1280 feature map after its ReLU6; "
         f"`_swish` also runs in the stem, so `@-1` names its last call). "
@@ -32,6 +36,8 @@ def write_report(path: Path, r: dict) -> None:
         f"total wall time {r['total_seconds']:.0f} s. Every number is also in `metrics.json`.\n"
     )
 
+    if "home_cat" in fig:
+        add(f"![The cat, explained for its top class]({fig['home_cat']})\n")
     add("## Predictions\n")
     add("| photo | what it shows | top-1 | p | next four |")
     add("| --- | --- | --- | ---: | --- |")
@@ -57,6 +63,16 @@ def write_report(path: Path, r: dict) -> None:
         "it highlights the same object with different weight on its parts. The next "
         "section measures how class-discriminative each method is.\n"
     )
+    slow = [m for m in methods if any(m not in p["methods"] for p in r["photos"].values())]
+    if slow:
+        add(
+            "The perturbation methods "
+            + ", ".join(f"`{m}`" for m in slow)
+            + " cost one forward pass per channel of the layer (1280 here) for every map, so "
+            "they are run only on "
+            + ", ".join(f"`{n}`" for n, p in r["photos"].items() if slow[0] in p["methods"])
+            + " and the two-photo canvas.\n"
+        )
     add(
         "Guided Backprop and Guided Grad-CAM panels are scaled by the 99.5th percentile of "
         "|g| and clipped, so that a few extreme pixels do not leave the rest mid-grey.\n"
