@@ -615,7 +615,7 @@ MEMORY_LAYERS = {
 
 def scorecam_memory(args, memory, peers: dict, bar) -> dict | None:
     """Peak extra memory of one Score-CAM call at two ``batch_size`` values and two layer
-    widths (camlib, its floor, and pytorch-grad-cam's at the larger batch_size).
+    widths (camlib's, and pytorch-grad-cam's at the larger batch_size).
 
     Bounded by ``batch_size`` means: at a given batch_size the wider layer (twice the
     channels, so twice the masked forward passes) needs about the same peak memory.
@@ -641,7 +641,6 @@ def scorecam_memory(args, memory, peers: dict, bar) -> dict | None:
         for bs in sizes:
             ctx = C.Context(model, lspec, modules[name], x, classes, bs)
             runners.append(("camlib_scorecam", name, bs, C.camlib_runner("scorecam")(ctx)))
-            runners.append(("scorecam_floor", name, bs, C.ScoreCamFloor(ctx)))
             if peers.get("pytorch-grad-cam") and bs == sizes[-1]:
                 runners.append(("pgc_scorecam", name, bs, C.pgc_runner("ScoreCAM")(ctx)))
     rows, widths = [], {}
