@@ -74,7 +74,7 @@ class Wrapped(nn.Module):
 @pytest.mark.parametrize("form", ["dict_logits", "dict_out", "object", "tuple", "list"])
 @pytest.mark.parametrize("method", ["gradcam", "cam", "scorecam", "ablationcam", "gradcam++"])
 def test_logits_inside_containers_give_the_plain_models_maps(form, method):
-    model, x = Wrapped(form), images()
+    model, x = Wrapped(form).eval(), images()
     options = {"batch_size": 64} if method in ("scorecam", "ablationcam") else {}
     with camlib.METHODS[method](model.net, "relu3", **options) as ex:
         want = ex(x, upsample=False, normalize=False)
@@ -95,14 +95,14 @@ def test_logits_inside_containers_give_the_plain_models_maps(form, method):
     ],
 )
 def test_outputs_without_logits_are_named_in_the_error(form, named):
-    model = Wrapped(form)
+    model = Wrapped(form).eval()
     with left_alone(model), pytest.raises(camlib.TargetError) as info:
         camlib.GradCAM(model, "net.relu3")(images(), targets=1)
     message = str(info.value)
     assert named in message
     assert "targets=callable(output)" in message
     # the way out works: a callable target reads the output itself
-    maps = camlib.GradCAM(Wrapped("dict_other"), "net.relu3")(
+    maps = camlib.GradCAM(Wrapped("dict_other").eval(), "net.relu3")(
         images(), targets=lambda out: out["features"][:, 1], upsample=False, normalize=False
     )
     want = camlib.GradCAM(base(), "relu3")(images(), 1, upsample=False, normalize=False)
