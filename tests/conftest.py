@@ -196,3 +196,15 @@ def left_alone(model: nn.Module):
     assert torch.is_grad_enabled() == grad
     assert torch.is_inference_mode_enabled() == inference
     assert mode_stack_depth() == depth
+
+
+@contextlib.contextmanager
+def count_forwards(model: nn.Module):
+    """Record the batch size of every call of ``model``'s forward: yields a list that
+    fills with one entry per call (the first input's ``shape[0]``)."""
+    sizes: list[int] = []
+    handle = model.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    try:
+        yield sizes
+    finally:
+        handle.remove()
