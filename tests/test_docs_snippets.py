@@ -28,7 +28,16 @@ import torch
 matplotlib.use("Agg")
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = ["index.md", "quickstart.md", "evaluation.md"]
+PAGES = [
+    "index.md",
+    "quickstart.md",
+    "evaluation.md",
+    "models/transformers.md",
+    "models/segmentation.md",
+    "models/detection.md",
+    "models/signals_volumes.md",
+    "models/binary.md",
+]
 
 _BLOCK = re.compile(
     r"(?P<skip><!-- docs-test: skip -->\s*\n)?^```python[^\n]*\n(?P<code>.*?)^```[ \t]*$"
