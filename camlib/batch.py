@@ -441,6 +441,8 @@ def explain_files(
         batch_size, workers: DataLoader batch size and worker processes (0: decode in
             this process).
         device: ``"cpu"`` or ``"cuda"``; under torchrun each rank takes ``cuda:LOCAL_RANK``.
+            The model is moved there with ``model.to`` (in place, as torch does), and
+            stays there afterwards.
         amp: run the model under ``torch.autocast`` (bfloat16 on CPU, float16 on CUDA);
             maps are computed in float32.
         resume: skip images whose outputs are complete and made with the same settings.
