@@ -25,6 +25,8 @@ import matplotlib
 import pytest
 import torch
 
+import camlib
+
 matplotlib.use("Agg")
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -32,6 +34,9 @@ PAGES = [
     "index.md",
     "quickstart.md",
     "evaluation.md",
+    "methods.md",
+    "smoothing_fusion.md",
+    "writing_a_method.md",
     "models/transformers.md",
     "models/segmentation.md",
     "models/detection.md",
@@ -66,12 +71,19 @@ def test_page_examples_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     namespace: dict[str, object] = {"__name__": f"docs_{Path(page).stem}"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # e.g. camlib's train-mode warning
-        for line, code in blocks:
-            # Padding keeps traceback line numbers equal to the Markdown file's.
-            compiled = compile("\n" * (line - 1) + code, str(DOCS / page), "exec")
-            exec(compiled, namespace)
+    # A page may register methods (writing_a_method.md): the registry is put back after it,
+    # so the rest of the suite sees only the built-in methods.
+    registered = dict(camlib.METHODS)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. camlib's train-mode warning
+            for line, code in blocks:
+                # Padding keeps traceback line numbers equal to the Markdown file's.
+                compiled = compile("\n" * (line - 1) + code, str(DOCS / page), "exec")
+                exec(compiled, namespace)
+    finally:
+        dict.clear(camlib.METHODS)
+        dict.update(camlib.METHODS, registered)
 
 
 def test_examples_are_offline():
