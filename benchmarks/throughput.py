@@ -528,9 +528,9 @@ def measure_config(args, model, spec, res, batch, contenders, memory, bar) -> di
     ctx = C.Context(model, spec, layer, x, classes, args.perturbation_batch)
     runners = {c.key: c.make(ctx) for c in contenders}
 
-    # 1. agreement (doubles as the warm-up call)
-    maps, first = {}, {}
-    for c in contenders:
+    # 1. agreement (doubles as the warm-up call); a contender that raises is dropped
+    maps, first, failed = {}, {}, {}
+    for c in list(contenders):
 
         def once(r=runners[c.key]):
             _sync(device)
@@ -539,7 +539,15 @@ def measure_config(args, model, spec, res, batch, contenders, memory, bar) -> di
             _sync(device)
             return out, time.perf_counter() - t0
 
-        out, first[c.key] = in_block(runners[c.key], once)
+        try:
+            out, first[c.key] = in_block(runners[c.key], once)
+        except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+            failed[c.key] = f"{type(exc).__name__}: {exc}"
+            print(f"warning: {c.key} failed on {spec.name}@{res} batch {batch}: {exc}",
+                  file=sys.stderr)  # fmt: skip
+            contenders = [k for k in contenders if k.key != c.key]
+            bar.update(1)
+            continue
         if c.kind != "reference":
             maps[c.key] = as_maps(out)
         del out
@@ -598,6 +606,7 @@ def measure_config(args, model, spec, res, batch, contenders, memory, bar) -> di
         "model": spec.name,
         "resolution": res,
         "batch": batch,
+        "failed": failed,
         "layer": spec.layer,
         "classes": classes.tolist(),
         "wall_seconds": round(time.perf_counter() - started, 1),
@@ -734,6 +743,8 @@ def main(argv: list[str] | None = None) -> int:
                 return False
         if c.peer is not None and not peers.get(c.peer, False):
             return False
+        if spec.reshape is not None and c.peer not in (None, "pytorch-grad-cam"):
+            return False  # token outputs: only pytorch-grad-cam takes a reshape_transform
         return not (c.method == "cam" and not spec.gap_linear)
 
     plan = configs(args)
@@ -745,6 +756,11 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"camlib CAM not measured on {m}: its head is not GAP + linear")
         if spec.methods is not None:
             notes.append(f"{m}: only {', '.join(spec.methods)} measured (and the bounds)")
+        if spec.reshape is not None:
+            notes.append(
+                f"{m}: Captum and torchcam not measured (token outputs; they take no "
+                "reshape_transform); pytorch-grad-cam with its documented ViT reshape_transform"
+            )
     slow = [m for m in args.methods if m in C.PERTURBATION]
     if slow and not everywhere:
         notes.append(
@@ -822,7 +838,7 @@ def main(argv: list[str] | None = None) -> int:
                 models_built[model_name] = C.build_model(model_name, args.device)
             spec = C.MODELS[model_name]
             results.append(
-                measure_config(
+                cfg := measure_config(
                     args,
                     models_built[model_name],
                     spec,
@@ -833,6 +849,8 @@ def main(argv: list[str] | None = None) -> int:
                     bar,
                 )
             )
+            for key, why in cfg["failed"].items():
+                notes.append(f"{key} failed on {model_name}@{res} batch {batch}: {why}")
         models_built.clear()
         study = scorecam_memory(args, memory, peers, bar)
     except KeyboardInterrupt:  # (also timeout --signal=INT): keep what was measured
