@@ -60,7 +60,7 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """An (H, W, 3) uint8 RGB photo as a (1, 3, H, W) float tensor in [0, 255]."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float()  # copy: may be read-only
 
 
 def crop_resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
