@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .errors import TargetError
+from .errors import TargetError, warn
 
 Targets = int | Sequence[int] | torch.Tensor | np.ndarray | Callable[[object], torch.Tensor] | None
 ClassList = list[int]
@@ -155,9 +155,11 @@ def class_scores(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
 
 def class_probabilities(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """(N,) probabilities of ``classes``: softmax over K logits, sigmoid for a binary head."""
+    if logits.dtype != torch.float64:
+        logits = logits.float()  # half-precision softmax loses the small probabilities
     if logits.shape[1] == 1:
         return torch.sigmoid(class_scores(logits, classes))
-    return torch.softmax(logits.float(), dim=1).gather(1, classes[:, None]).squeeze(1)
+    return torch.softmax(logits, dim=1).gather(1, classes[:, None]).squeeze(1)
 
 
 def select_scores(
@@ -260,8 +262,9 @@ class DetectionTarget:
     label :math:`l` with the highest IoU with :math:`b` (at least ``iou_threshold``)
     contributes its score; the image's score is the sum. The output is the list of
     ``{"boxes", "labels", "scores"}`` dicts that torchvision detection models return
-    in eval mode. An image none of whose boxes is matched scores 0 (with no gradient):
-    camlib then reports that the target does not depend on the layer.
+    in eval mode. A box that matches no detection scores 0 (with a warning); when no
+    box of the batch is matched, camlib reports that the target does not depend on the
+    layer.
 
     Args:
         boxes: (B, 4) boxes ``x1, y1, x2, y2`` for every image, or a list of N such.
@@ -305,6 +308,16 @@ class DetectionTarget:
                 iou = torch.where(same, iou, torch.full_like(iou, -1.0))
                 best, index = iou.max(1)
                 hit = best >= self.iou_threshold
-                total = total + (det["scores"][index] * hit.to(det["scores"].dtype)).sum()
+                if bool(hit.any()):
+                    total = total + det["scores"][index[hit]].sum()
+                missed = int((~hit).sum())
+            else:
+                missed = len(boxes.reshape(-1, 4))
+            if missed:
+                warn(
+                    f"DetectionTarget: {missed} box(es) of image {n} match no detection of "
+                    f"their label with IoU >= {self.iou_threshold}; they score 0 and add "
+                    f"nothing to the map"
+                )
             scores.append(total)
         return torch.stack(scores)

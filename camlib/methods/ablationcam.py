@@ -9,7 +9,7 @@ from ..capture import Capture, run_forward
 from ..errors import LayerError
 from ..layouts import Arrangement
 from ..targets import Targets, class_scores
-from .families import PerturbationCAM, _index_args
+from .families import PerturbationCAM, _index_args, work
 
 
 def zero_channels(t: torch.Tensor, channels: torch.Tensor, a: Arrangement) -> torch.Tensor:
@@ -72,7 +72,7 @@ class AblationCAM(PerturbationCAM):
 
         keep = act.flatten(2).ne(0).any(-1)  # an all-zero channel cannot change the score
         ablated = self.evaluate(inputs, keep, cap, targets, run, class_scores)
-        y = cap.scores.float()[:, None]  # type: ignore[union-attr]
+        y = work(cap.scores)[:, None]  # type: ignore[union-attr]
         ablated = torch.where(keep, ablated, y)
         nonzero = y != 0
         return torch.where(nonzero, (y - ablated) / torch.where(nonzero, y, 1), 0)

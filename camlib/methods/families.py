@@ -59,12 +59,16 @@ class GradientCAM(Explainer):
         maps = []
         for i, (act, a, grad) in enumerate(zip(acts, arrangements, grads, strict=True)):
             g = a.apply(grad)
-            if not bool(g.any()):
+            flat = g.flatten(1).any(1)
+            if not bool(flat.all()):
+                which = (~flat).nonzero().flatten().tolist()
+                images = "every image" if len(which) == len(flat) else f"images {which}"
                 warn(
                     f"the target scores have a zero gradient everywhere at layer "
-                    f"{self.layers[i].spec!r}, so {type(self).__name__}'s map is empty. On a "
-                    f"vision transformer, tokens after the last attention get no gradient from "
-                    f"the class token: explain the last block's first norm ('auto' does)."
+                    f"{self.layers[i].spec!r} for {images}, so {type(self).__name__}'s map is "
+                    f"empty there. On a vision transformer, tokens after the last attention get "
+                    f"no gradient from the class token: explain the last block's first norm "
+                    f"('auto' does)."
                 )
             maps.append(self.combine(work(act), work(g)))
         return maps
@@ -159,7 +163,7 @@ class PerturbationCAM(Explainer):
         maps = []
         for i, (act, a) in enumerate(zip(acts, arrangements, strict=True)):
             with torch.no_grad():
-                w = self.channel_weights(inputs, work(act), i, a, cap, targets)
+                w = self.channel_weights(inputs, work(act), i, a, cap, targets).to(work(act).dtype)
             maps.append(weighted_sum(w, work(act)).relu_())
         return maps
 
@@ -196,7 +200,7 @@ class PerturbationCAM(Explainer):
             (N, C) scores.
         """
         n, c = keep.shape
-        out = torch.zeros(n, c, device=inputs.device, dtype=torch.float32)
+        out = torch.zeros(n, c, device=inputs.device, dtype=work(inputs).dtype)
         if callable(targets):  # blocks of all N images, one per channel
             channels = keep.any(0).nonzero().flatten()
             per = max(1, self.batch_size // n)
@@ -206,7 +210,7 @@ class PerturbationCAM(Explainer):
                 rows = rows_block.repeat(len(chans))
                 ks = chans.repeat_interleave(n)
                 parts = _split_output(run(rows, ks), len(chans), n)
-                got = torch.stack([targets(p).float() for p in parts], 1)  # (N, m)
+                got = torch.stack([targets(p).to(out.dtype) for p in parts], 1)  # (N, m)
                 out[:, chans] = got
             return out * keep
         rows, ks = keep.nonzero(as_tuple=True)
@@ -214,7 +218,7 @@ class PerturbationCAM(Explainer):
         for start in range(0, len(rows), self.batch_size):
             r, k = rows[start : start + self.batch_size], ks[start : start + self.batch_size]
             logits = class_logits(run(r, k), len(r))
-            out.index_put_((r, k), score(logits, classes[r]).float())  # type: ignore[index]
+            out.index_put_((r, k), score(logits, classes[r]).to(out.dtype))  # type: ignore[index]
         return out
 
 
