@@ -8,8 +8,8 @@
 from __future__ import annotations
 
 from . import layouts, metrics, targets, viz
-from .base import METHODS, Explainer, MethodError, available_methods, explain, get_method, register
-from .errors import CamlibError, InputError, LayerError, TargetError, VizError
+from .base import METHODS, Explainer, available_methods, explain, get_method, register
+from .errors import CamlibError, InputError, LayerError, MethodError, TargetError, VizError
 from .layers import find_target_layer, layer_name, resolve_layer
 from .maps import fuse, normalize_absmax, normalize_minmax, upsample
 from .methods import (

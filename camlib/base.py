@@ -10,6 +10,7 @@ here and in the modules it calls.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections import OrderedDict
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from .capture import Capture, Edit, Graph, run_forward
-from .errors import CamlibError, InputError, LayerError, TargetError, warn
+from .errors import InputError, LayerError, MethodError, TargetError, warn
 from .guided_relu import GuideSwitch
 from .inputs import check_inputs, first_conv, model_device
 from .layers import LayerRef, LayerSpec, _pick, parse_layer, probe_layers
@@ -64,11 +65,11 @@ def register(*names: str) -> Callable[[E], E]:
     built-ins do: :func:`explain`, several layers, :class:`camlib.Smooth`, the CLI.
     """
     if not names:
-        raise CamlibError("register() needs at least one name, e.g. @camlib.register('mine')")
+        raise MethodError("register() needs at least one name, e.g. @camlib.register('mine')")
 
     def add(cls: E) -> E:
         if not (isinstance(cls, type) and issubclass(cls, Explainer)):
-            raise CamlibError(
+            raise MethodError(
                 f"@register({names[0]!r}) decorates Explainer subclasses, not {cls!r}"
             )
         for name in names:
@@ -103,10 +104,6 @@ def _load_plugins() -> None:
     except ImportError:  # pragma: no cover - plugins.py ships with camlib
         return
     load_plugins()
-
-
-class MethodError(CamlibError, ValueError):
-    """An unknown method name or an option a method does not take."""
 
 
 class Explainer:
@@ -504,7 +501,22 @@ def explain(
     cls = get_method(method)
     if cls.uses_layer or (target_layer is not None and target_layer != "auto"):
         options["target_layer"] = target_layer
-    with cls(model, **options) as explainer:
+    try:
+        explainer = cls(model, **options)
+    except TypeError as error:
+        if "unexpected keyword argument" not in str(error):
+            raise
+        accepted = [
+            p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model")
+        ]
+        accepted += [
+            p for p in inspect.signature(Explainer.__init__).parameters if p not in accepted
+        ]
+        raise MethodError(
+            f"{cls.name}: {error}; its options are "
+            f"{', '.join(p for p in accepted if p not in ('self', 'model', 'options'))}"
+        ) from None
+    with explainer:
         return explainer(
             inputs,
             targets,

@@ -23,6 +23,11 @@ class InputError(CamlibError, TypeError):
     """The inputs are not a batch the explainer can use."""
 
 
+class MethodError(CamlibError, ValueError):
+    """An unknown method name, a method option it does not take, or a bad setting of a
+    method or wrapper (``batch_size``, ``samples``, ``register``)."""
+
+
 class VizError(CamlibError, ValueError):
     """An image, map, colormap or option that :mod:`camlib.viz` cannot use."""
 

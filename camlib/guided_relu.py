@@ -46,16 +46,14 @@ class GuideSwitch:
     """Whether activations recorded under :class:`GuidedReLUMode` backpropagate guided
     (``True``) or ordinary (``False``) gradients. Flip it between two backward passes over
     one graph to get both from a single forward pass (Guided Grad-CAM does).
-
-    Attributes:
-        guided: the rule the recorded nodes use when the backward pass reaches them.
-        recorded: how many guided nodes (ReLU or ReLU6 calls that need a gradient) were
-            recorded under a mode using this switch. ``0`` after a forward pass means that
-            nothing was guided: the "guided" gradient is the plain one.
     """
 
     guided: bool = True
+    """The rule the recorded nodes use when the backward pass reaches them."""
     recorded: int = 0
+    """How many guided nodes (ReLU or ReLU6 calls that need a gradient) were recorded under
+    a mode using this switch. ``0`` after a forward pass means that nothing was guided: the
+    "guided" gradient is the plain one."""
 
 
 def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:

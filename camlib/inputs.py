@@ -43,7 +43,7 @@ def check_inputs(
 ) -> torch.Tensor:
     """Validate a batch for ``model`` and move it to the model's device.
 
-    Raises :class:`InputError` for non-tensors (with a conversion recipe), a missing
+    Raises :class:`~camlib.errors.InputError` for non-tensors (with a conversion recipe), a missing
     batch dimension, channels-last images, a channel count the first convolution
     cannot take, integer dtypes, empty batches and non-finite values. ``conv`` is the
     model's first convolution when the caller knows it (``True``: look it up).

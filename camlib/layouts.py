@@ -141,7 +141,7 @@ def arrange(
     """Decide how the output ``t`` of layer ``name`` becomes (N, C, *grid).
 
     ``input_shape`` is the explained batch's shape (N, C, *size); the grid must have as
-    many axes as ``size``. Raises :class:`LayerError` naming the layer, the shape and the
+    many axes as ``size``. Raises :class:`~camlib.errors.LayerError` naming the layer, the shape and the
     way out when no layout fits or a token count is ambiguous.
     """
     rank, size = len(input_shape), tuple(input_shape[2:])

@@ -21,9 +21,8 @@ from typing import Any
 
 import torch
 
-from .base import Explainer, _as_args
+from .base import Explainer, MethodError, _as_args
 from .capture import run_forward
-from .errors import CamlibError
 from .inputs import check_inputs
 from .targets import Targets, check_targets
 
@@ -55,16 +54,16 @@ class Smooth:
         seed: int = 0,
     ) -> None:
         if not isinstance(explainer, Explainer):
-            raise CamlibError(
+            raise MethodError(
                 f"Smooth wraps an explainer such as camlib.GradCAM(model, layer), got "
                 f"{type(explainer).__name__}"
             )
         if not isinstance(samples, int) or samples < 1:
-            raise CamlibError(f"samples must be a positive int, got {samples!r}")
+            raise MethodError(f"samples must be a positive int, got {samples!r}")
         if not noise >= 0:
-            raise CamlibError(f"noise must be >= 0 (a fraction of the input range), got {noise!r}")
+            raise MethodError(f"noise must be >= 0 (a fraction of the input range), got {noise!r}")
         if batch_size is not None and batch_size < 1:
-            raise CamlibError(f"batch_size must be a positive int or None, got {batch_size!r}")
+            raise MethodError(f"batch_size must be a positive int or None, got {batch_size!r}")
         self.explainer, self.samples, self.noise, self.flip = explainer, samples, noise, flip
         self.batch_size, self.seed = batch_size, seed
         self.classes: torch.Tensor | None = None

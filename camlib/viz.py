@@ -20,7 +20,7 @@ where both libraries have one (``"jet"``, ``"viridis"``).
 them from a script and Jupyter shows them inline; save them with ``fig.savefig(path)``, and
 call ``plt.close(fig)`` when making many in a loop.
 
-**Errors**: everything this module refuses raises :class:`VizError`, a
+**Errors**: everything this module refuses raises :class:`~camlib.errors.VizError`, a
 :class:`camlib.CamlibError` and a ``ValueError`` (never a raw ``cv2.error``).
 """
 
@@ -312,7 +312,7 @@ def overlay(
 
     Args:
         image: one image (see the module notes for the forms accepted).
-        heatmap: one (H, W) or (1, H, W) map; a batch of several raises :class:`VizError`.
+        heatmap: one (H, W) or (1, H, W) map; a batch of several raises :class:`~camlib.errors.VizError`.
             It is resized bilinearly to the image if their sizes differ, with a warning when
             their aspect ratios differ (a map of a centre crop stretched over the photo).
         alpha: weight of the coloured map, in [0, 1].

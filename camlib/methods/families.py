@@ -22,9 +22,9 @@ from collections.abc import Callable
 import torch
 from torch.utils import _pytree as pytree
 
-from ..base import Explainer
+from ..base import Explainer, MethodError
 from ..capture import Capture
-from ..errors import LayerError, warn
+from ..errors import warn
 from ..layouts import Arrangement
 from ..maps import normalize_minmax, upsample
 from ..targets import Targets, class_logits, class_scores
@@ -66,9 +66,11 @@ class GradientCAM(Explainer):
                 warn(
                     f"the target scores have a zero gradient everywhere at layer "
                     f"{self.layers[i].spec!r} for {images}, so {type(self).__name__}'s map is "
-                    f"empty there. On a vision transformer, tokens after the last attention get "
-                    f"no gradient from the class token: explain the last block's first norm "
-                    f"('auto' does)."
+                    f"empty there. Either the head ignores this layer for these scores (an "
+                    f"untrained head initialised to zero does: torchvision's ViT heads are), or, "
+                    f"on a vision transformer, the layer lies after the last attention, where "
+                    f"patch tokens get no gradient from the class token (explain the last "
+                    f"block's first norm: 'auto' does)."
                 )
             maps.append(self.combine(work(act), work(g)))
         return maps
@@ -154,7 +156,9 @@ class PerturbationCAM(Explainer):
     def __init__(self, model, target_layer="auto", *, batch_size: int = 32, **options) -> None:
         super().__init__(model, target_layer, **options)
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise LayerError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise MethodError(
+                f"{type(self).__name__}: batch_size must be a positive int, got {batch_size!r}"
+            )
         self.batch_size = batch_size
 
     def attribute(self, inputs: torch.Tensor, targets: Targets) -> list[torch.Tensor]:

@@ -19,7 +19,7 @@ class GradCAMPlusPlus(GradientCAM):
 
     (the exponential-score closed form of the paper, as pytorch-grad-cam and Captum users
     know it). No epsilon: where the denominator is exactly 0, :math:`\alpha` is 0.
-    pytorch-grad-cam adds 1e-7 to the denominator, which makes its maps depend on the
+    pytorch-grad-cam (1.5.7) adds 1e-6 to the denominator, which makes its maps depend on the
     gradient's scale; torchcam's version loses the denominator and reduces to
     :math:`\sum \mathrm{ReLU}(g)^3`.
     """
