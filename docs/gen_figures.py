@@ -9,8 +9,9 @@ Nothing under ``docs/img/`` or ``docs/snippets/`` is edited by hand: this script
   (``python -m examples.mnist``, ``make demo``), copied and, when wider than
   ``--max-width``, resized;
 * ``docs/snippets/mnist_*.md``: tables of the study's numbers, read from its
-  ``metrics.json``, included by ``tutorial.md`` and ``evaluation.md`` with
-  ``pymdownx.snippets`` (``--8<-- "mnist_summary.md"``);
+  ``metrics.json``, included by ``tutorial.md``, ``evaluation.md`` and ``choosing.md``
+  (``mnist_methods.md``: every method side by side) with ``pymdownx.snippets``
+  (``--8<-- "mnist_summary.md"``);
 * ``docs/img/bench/<device>/*.png`` and ``docs/snippets/bench_results.md``: the plots and
   tables of ``benchmarks/throughput.py`` (``benchmarks/results/<device>/results.{json,md}``).
 
@@ -135,6 +136,8 @@ MNIST_FIGURES = [
     "sanity_panel",
     "sanity_curve",
     "deletion_insertion",
+    "two_digit",
+    "methods",
 ]
 MNIST_SNIPPETS = [
     "mnist_run.md",
@@ -147,6 +150,8 @@ MNIST_SNIPPETS = [
     "mnist_sanity.md",
     "mnist_faithfulness.md",
     "mnist_timings.md",
+    "mnist_two_digit.md",
+    "mnist_methods.md",
 ]
 
 
@@ -197,9 +202,22 @@ def mnist_snippets(m: dict, source: Path) -> dict[str, str]:
                 f"{pct(base[shifted])} / {pct(imp[shifted])}",
             ],
             [
-                "pointing game on translated digits, Grad-CAM (random point)",
+                "pointing game on translated digits (one per canvas, true class), Grad-CAM "
+                "(random point)",
                 f"{pct(pg['gradcam'])} ({pct(pg['random_baseline'])})",
             ],
+            *(
+                [
+                    [
+                        "two digits per canvas, Grad-CAM's maximum on the explained class's "
+                        "digit (one map cell of tolerance)",
+                        f"{pct(m['two_digit']['methods']['gradcam']['hit'])} "
+                        f"({pct(m['two_digit']['methods']['gradcam']['hit_one_cell'])})",
+                    ]
+                ]
+                if "two_digit" in m
+                else []
+            ),
             [
                 "rank correlation after randomising all weights, Grad-CAM / Guided Backprop",
                 f"{num(san['gradcam_randomization_rank_corr'])} / "
@@ -315,7 +333,7 @@ def mnist_snippets(m: dict, source: Path) -> dict[str, str]:
         )
         + "\n[![Pointing game on translated digits](img/mnist/pointing.png)](img/mnist/pointing.png)\n\n"
         "*Grad-CAM of the true class; the box is the digit's ink (green: hit, red: miss), the "
-        "cross the map's maximum.*\n"
+        "cross the map's maximum.*\n\n" + pointing_caveat(pg)
     )
 
     out["mnist_sanity.md"] = (
@@ -342,18 +360,22 @@ def mnist_snippets(m: dict, source: Path) -> dict[str, str]:
         + table(
             ["map", "deletion AUC (lower is better)", "insertion AUC (higher is better)"],
             [
-                ["Grad-CAM", num(dele["gradcam"]), num(ins["gradcam"])],
                 [
-                    "Guided Backprop (abs)",
-                    num(dele["guided_backprop"]),
-                    num(ins["guided_backprop"]),
-                ],
-                ["random map", num(dele["random"]), num(ins["random"])],
+                    "random map" if k == "random" else LABELS.get(k, k),
+                    num(dele[k]),
+                    num(ins.get(k)),
+                ]
+                for k in dele
             ],
             "lrr",
         )
         + "\n[![Deletion and insertion curves](img/mnist/deletion_insertion.png)](img/mnist/deletion_insertion.png)\n"
     )
+
+    if "two_digit" in m:
+        out["mnist_two_digit.md"] = quick + two_digit_snippet(m["two_digit"])
+    if "method_table" in m:
+        out["mnist_methods.md"] = quick + methods_snippet(m)
 
     timings = m.get("timings_s", {})
     out["mnist_timings.md"] = table(
@@ -363,6 +385,134 @@ def mnist_snippets(m: dict, source: Path) -> dict[str, str]:
         "lr",
     )
     return {name: note(source) + text for name, text in out.items()}
+
+
+LABELS = {
+    "cam": "CAM",
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "xgradcam": "XGrad-CAM",
+    "hirescam": "HiResCAM",
+    "layercam": "LayerCAM",
+    "eigencam": "Eigen-CAM",
+    "scorecam": "Score-CAM",
+    "ablationcam": "Ablation-CAM",
+    "guided_gradcam": "Guided Grad-CAM",
+    "guided_backprop": "Guided Backprop",
+}
+
+
+def pointing_caveat(pg: dict) -> str:
+    """What the one-digit pointing game shows and does not show, from its own numbers."""
+    counts = pg.get("canvas_predicted_class_counts")
+    if not counts:
+        return ""
+    n = pg["n_images"]
+    top = max(range(10), key=lambda d: counts[d])
+    share = "every one" if counts[top] == n else f"{pct(counts[top] / n)}"
+    return (
+        f'!!! note "What this test shows, and what it does not"\n'
+        f'    On these canvases the model predicts "{top}" for {share} of the {n:,} digits '
+        f'(a blank canvas is a "{pg["blank_canvas_predicted_class"]}" too): global *average* '
+        "pooling divides the digit's evidence by a canvas four times larger than the training "
+        "images, and the background's evidence wins. The maps are asked about the **true** "
+        "class, which the model does not predict. So the test shows that the evidence the "
+        "model finds *for the digit's class* lies on the digit; it does not explain the "
+        "model's decisions on these canvases, and it does not show that a method is "
+        "class-discriminative - with one object on a blank canvas, a map that lights up "
+        "any ink scores well, whatever class it is asked about. The "
+        "[two-digit test](tutorial.md#two-digits-are-the-maps-class-discriminative) checks "
+        "that.\n"
+    )
+
+
+def two_digit_snippet(td: dict) -> str:
+    mv = td["model"]
+    rows = [
+        [
+            LABELS.get(k, k),
+            pct(v["hit"]),
+            pct(v["hit_one_cell"]),
+            pct(v["both_hit"]),
+            pct(v["other_digit"]),
+            f"{v['n_maps']:,}",
+        ]
+        for k, v in td["methods"].items()
+    ]
+    return (
+        f"{td['n_canvases']:,} canvases of {td['canvas_size']}x{td['canvas_size']} pixels, two "
+        f"test digits of different classes each, ink boxes at least {td['min_gap_px']} px "
+        "apart; each digit's class explained in turn. A hit: the map's maximum inside that "
+        f"digit's box (no tolerance / one map cell = {td['map_cell_px']} px). *Both hit*: "
+        "both maps of a canvas found their own digit; *other digit*: the maximum lies on the "
+        f"wrong digit. A random point hits {pct(td['random_baseline'])}; the model puts both "
+        f"classes in its top 2 for {pct(mv['top2_are_the_two'])} of the canvases.\n\n"
+        + table(
+            ["method", "hits", "hits, one cell", "both hit", "other digit", "maps"],
+            rows,
+            "lrrrrr",
+        )
+        + "\n[![Two digits, each class explained in turn](img/mnist/two_digit.png)]"
+        "(img/mnist/two_digit.png)\n\n"
+        "*Per canvas: the two digits; then Grad-CAM, Eigen-CAM and Guided Backprop for each "
+        "digit's class (box: that digit, green = hit, red = miss; dashed: the other digit; "
+        "cross: the map's maximum).*\n"
+    )
+
+
+def methods_snippet(m: dict) -> str:
+    rows = m["method_table"]
+    tp = m["time_per_image"]
+    first = next(iter(tp.values()))
+    body = [
+        [
+            v["label"],
+            pct(v["pointing"]),
+            pct(v["two_digit"]),
+            num(v["deletion_auc"]),
+            num(v["insertion_auc"]),
+            num(v["randomization_rank_corr"], 2),
+            f"{v['ms_per_image']:.2f}",
+            f"{v['forwards_per_image']:.0f}",
+        ]
+        for v in rows.values()
+    ]
+    body.append(
+        ["random map", "", "", num(m["deletion_auc"]["random"]), num(m["insertion_auc"]["random"])]
+        + [""] * 3
+    )
+    pg, td, sn = m["pointing_game"], m["two_digit"], m["sanity"]
+    sc = rows.get("scorecam", {})
+    v = m["versions"]
+    return (
+        table(
+            [
+                "method",
+                "pointing, one digit",
+                "pointing, two digits",
+                "deletion AUC (lower)",
+                "insertion AUC (higher)",
+                "randomisation corr. (near 0)",
+                "ms / image",
+                "forwards / image",
+            ],
+            body,
+            "lrrrrrrr",
+        )
+        + f"\n*The improved MNIST model, layer `block3` (Guided Backprop: the input); signed maps "
+        "as |value| summed over channels. Pointing: hit rate of the map's maximum on the "
+        f"explained class's digit, one digit per canvas ({pg['methods']['gradcam']['n']:,} "
+        f"canvases) or two ({td['methods']['gradcam']['n_maps']:,} maps), no tolerance; "
+        f"Score-CAM and Ablation-CAM on the first {sc.get('pointing_n', 'n/a')} canvases of "
+        f"each. Deletion/insertion: {m['deletion_insertion']['n_images']} test digits, "
+        f"{m['deletion_insertion']['steps']} steps, black baseline. Randomisation: Spearman "
+        "correlation of the maps of the trained and of the fully re-initialised model "
+        f"({sn['methods_n_images']} test digits). Time: one call on the same batch of "
+        f"{first['batch']} digits, median of {first['repeats']}, {v['torch_threads']} CPU "
+        "thread(s) on a shared machine - indicative only; forwards / image counts the images "
+        "the model's forward saw per explained image.*\n\n"
+        "[![Every method on four tests](img/mnist/methods.png)](img/mnist/methods.png)\n"
+    )
 
 
 def home_picture(run: Path, data_root: Path, out: Path) -> None:
@@ -416,8 +566,15 @@ def mnist(run: Path, data_root: Path, max_width: int) -> None:
             copy_png(src, IMG / "mnist" / f"{key}.png", max_width)
         else:
             print(f"missing figure {src}")
-    for name, text in mnist_snippets(metrics, metrics_path).items():
+    written = mnist_snippets(metrics, metrics_path)
+    for name, text in written.items():
         write(SNIPPETS / name, text)
+    for name in sorted(set(MNIST_SNIPPETS) - set(written)):
+        placeholder(
+            SNIPPETS / name,
+            f"{metrics_path} comes from an older version of the study, without this table: "
+            "rerun `python -m examples.mnist`, then `python docs/gen_figures.py`.",
+        )
     home_picture(run, data_root, IMG / "home_gradcam.png")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .methods import LABELS
+
 
 def pct(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{100 * x:.{digits}f} %"
@@ -62,9 +64,16 @@ def write_report(path: Path, r: dict, settings) -> None:
         f"{check(i['test_accuracy'] >= 0.992)} |"
     )
     add(
-        f"| pointing game, Grad-CAM (translated digits) | {pct(pg['gradcam'], 1)} | >= 90 %, "
+        f"| pointing game, Grad-CAM (one translated digit, true class) | {pct(pg['gradcam'], 1)} | >= 90 %, "
         f"random point {pct(pg['random_baseline'], 1)} | {check(pg['gradcam'] >= 0.9)} |"
     )
+    td = r.get("two_digit", {}).get("methods", {}).get("gradcam")
+    if td:
+        add(
+            f"| two digits per canvas, Grad-CAM's maximum on the explained class's digit | "
+            f"{pct(td['hit'], 1)} (one cell: {pct(td['hit_one_cell'], 1)}) | >= 90 %, "
+            f"class-agnostic <= 50 % | {check(td['hit'] >= 0.9)} |"
+        )
     gc_corr = sn["gradcam_randomization_rank_corr"]
     add(
         f"| randomisation rank corr., Grad-CAM | {num(gc_corr)} | abs <= 0.5 | "
@@ -123,12 +132,12 @@ def write_report(path: Path, r: dict, settings) -> None:
     add("## 2. Why did it get these wrong?\n")
     bm = b["mistakes"]
     add(
-        "For the baseline's most confident mistakes, each group of five panels shows the digit with its "
-        "true and predicted label and the model's confidence, then Grad-CAM for the "
-        '**predicted** class and for the **true** class side by side ("why 7 and not 1"), '
-        "then Guided Grad-CAM (Guided Backprop x Grad-CAM, grey = 0, bright = positive "
-        "evidence, dark = negative) for both. Grad-CAM explains layer "
-        f"`{b['layer']}` (24x24, upsampled bilinearly).\n"
+        "The baseline's most confident mistakes, drawn by the library's gallery "
+        '`camlib.viz.mistakes(model, inputs, labels, method="gradcam", k=..., '
+        "target_layer=...)`: each group of three panels shows the digit (its test index and "
+        "true label), then Grad-CAM for the **predicted** class (with the model's probability "
+        'for it) and for the **true** class side by side ("why 7 and not 1"). Grad-CAM '
+        f"explains layer `{b['layer']}` (24x24, upsampled bilinearly).\n"
     )
     if bm["n_shown"]:
         add(f"![Baseline mistakes]({fig['baseline_mistakes']})\n")
@@ -234,64 +243,10 @@ def write_report(path: Path, r: dict, settings) -> None:
 
     # 5. checks
     add("## 5. Are the explanations right?\n")
-    add("All three checks use the batched, torch-only functions of `camlib.metrics`.\n")
-    add("### Pointing game on translated MNIST\n")
-    add(
-        f"Each of {pg['n_images']:,} test digits is pasted at a random position on a blank "
-        f"{pg['canvas_size']}x{pg['canvas_size']} canvas; the improved (fully convolutional) "
-        f"model runs on it unchanged and classifies {pct(pg['canvas_accuracy'], 1)} of them "
-        "correctly"
-        + (" (see the note below)" if pg["canvas_accuracy"] < 0.5 else "")
-        + ". The maps explain the **true class**; a hit is when the map's maximum "
-        "falls inside the tight box around the digit's ink (`metrics.pointing_game`, no "
-        "tolerance). A uniformly random point hits with probability equal to the box's "
-        "share of the canvas (`metrics.box_area_fraction`). The energy share is the fraction "
-        "of the map's mass inside the box (`metrics.box_energy_fraction`).\n"
-    )
-    add("| map | hit rate | energy inside box |")
-    add("| --- | --- | --- |")
-    add(f"| Grad-CAM | {pct(pg['gradcam'], 1)} | {pct(pg['gradcam_energy_in_box'], 1)} |")
-    add(f"| CAM | {pct(pg['cam'], 1)} | {pct(pg['cam_energy_in_box'], 1)} |")
-    add(
-        f"| random point / uniform map | {pct(pg['random_baseline'], 1)} | "
-        f"{pct(pg['random_baseline'], 1)} |"
-    )
-    add("")
-    misses = pg["gradcam_misses_by_true_class"]
-    if sum(misses):
-        worst = max(range(10), key=lambda d: misses[d])
-        add(
-            f"Of the {sum(misses)} Grad-CAM misses, {misses[worst]} are {worst}s"
-            + (
-                " - thin digits whose box is only a few pixels wide, narrower than one cell of "
-                "the 14x14 map (4x4 pixels)"
-                if worst == 1
-                else ""
-            )
-            + f". With a tolerance of 4 px (one map cell) the hit rate is "
-            f"{pct(pg['gradcam_tolerance_4px'], 1)}.\n"
-        )
-    if pg["canvas_accuracy"] < 0.5:
-        counts = pg["canvas_predicted_class_counts"]
-        top = max(range(10), key=lambda d: counts[d])
-        add(
-            f"Note the canvas accuracy: on {pg['canvas_size']}x{pg['canvas_size']} canvases the "
-            f'model predicts "{top}" for {pct(counts[top] / pg["n_images"], 0)} of the digits '
-            f'(a blank canvas is a "{pg["blank_canvas_predicted_class"]}" too). Global '
-            "*average* pooling divides the digit's evidence by the canvas area, so on a canvas "
-            "four times larger than the training images the logits are dominated by what the "
-            "model makes of empty background - "
-            + (
-                "which it learnt as evidence for a 1, the thinnest, emptiest digit. "
-                if top == 1
-                else f"which it learnt as evidence for a {top}. "
-            )
-            + "The maps are not affected: CAM is the per-position contribution, "
-            "and the true class's evidence still sits on the digit. Training on translated "
-            "canvases, or global max pooling, would fix the classification; it is not needed "
-            "for localisation.\n"
-        )
-    add(f"![Pointing game]({fig['pointing']})\n")
+    add("All the checks use the batched, torch-only functions of `camlib.metrics`.\n")
+    _pointing(add, pg, fig)
+    if "two_digit" in r:
+        _two_digit(add, r["two_digit"], fig)
     add("### Sanity check: model-parameter randomisation (Adebayo et al., 2018)\n")
     add(
         f"For {sn['n_images']} test digits, maps of the trained model are compared with maps "
@@ -352,18 +307,17 @@ def write_report(path: Path, r: dict, settings) -> None:
     )
     add("| map | deletion AUC (lower is better) | insertion AUC (higher is better) |")
     add("| --- | --- | --- |")
-    names = {
-        "gradcam": "Grad-CAM",
-        "guided_backprop": "Guided Backprop (abs)",
-        "random": "random map",
-    }
-    for key, name in names.items():
+    for key in da:
+        name = "random map" if key == "random" else LABELS.get(key, key)
         add(f"| {name} | {num(da[key])} | {num(ia[key])} |")
     add("")
     add(f"![Deletion and insertion curves]({fig['deletion_insertion']})\n")
 
-    # 6. timings
-    add("## 6. Timings\n")
+    if "method_table" in r:
+        _methods(add, r, fig)
+
+    # 7. timings
+    add("## 7. Timings\n")
     add(
         f"Wall time per stage on this machine ({v['cpu_count']} CPUs, {v['torch_threads']} "
         "torch thread(s)):\n"
@@ -394,3 +348,187 @@ def write_report(path: Path, r: dict, settings) -> None:
             "better; that was not measured here."
         )
     path.write_text("\n".join(lines) + "\n")
+
+
+def _pointing(add, pg: dict, fig: dict) -> None:
+    """The one-digit pointing game, and plainly what it does and does not show."""
+    n, size = pg["n_images"], pg["canvas_size"]
+    counts = pg["canvas_predicted_class_counts"]
+    top = max(range(10), key=lambda d: counts[d])
+    share = counts[top] / n
+    add("### Pointing game on translated MNIST\n")
+    add(
+        f"Each of {n:,} test digits is pasted at a random position on a blank {size}x{size} "
+        "canvas; the improved (fully convolutional) model runs on it unchanged. The maps "
+        "explain the **true class** (not the predicted one); a hit is when the map's maximum "
+        "falls inside the tight box around the digit's ink (`metrics.pointing_game`, no "
+        "tolerance). A uniformly random point hits with probability equal to the box's "
+        "share of the canvas (`metrics.box_area_fraction`). The energy share is the fraction "
+        "of the map's mass inside the box (`metrics.box_energy_fraction`).\n"
+    )
+    add("| map | hit rate | energy inside box |")
+    add("| --- | --- | --- |")
+    add(f"| Grad-CAM | {pct(pg['gradcam'], 1)} | {pct(pg['gradcam_energy_in_box'], 1)} |")
+    add(f"| CAM | {pct(pg['cam'], 1)} | {pct(pg['cam_energy_in_box'], 1)} |")
+    add(
+        f"| random point / uniform map | {pct(pg['random_baseline'], 1)} | "
+        f"{pct(pg['random_baseline'], 1)} |"
+    )
+    add("")
+    misses = pg["gradcam_misses_by_true_class"]
+    cell = pg.get("map_cell_px", 4)
+    if sum(misses):
+        worst = max(range(10), key=lambda d: misses[d])
+        add(
+            f"Of the {sum(misses)} Grad-CAM misses, {misses[worst]} are {worst}s"
+            + (
+                " - thin digits whose box is only a few pixels wide, narrower than one cell of "
+                f"the layer's map ({cell}x{cell} pixels)"
+                if worst == 1
+                else ""
+            )
+            + f". With a tolerance of {cell} px (one map cell) the hit rate is "
+            f"{pct(pg['gradcam_tolerance_one_cell'], 1)}.\n"
+        )
+    everyone = "every one" if counts[top] == n else pct(share, 1)
+    add(
+        "**What this test shows, and what it does not.** On these canvases the model "
+        f'predicts "{top}" for {everyone} of the {n:,} digits'
+        + (f" ({counts[top]:,} of {n:,})" if counts[top] != n else "")
+        + f' (a blank canvas is a "{pg["blank_canvas_predicted_class"]}" too), so its '
+        f"accuracy on them, {pct(pg['canvas_accuracy'], 1)}, is "
+        + ("just the share of 1s among the digits" if top == 1 and share == 1 else "low")
+        + f". The true class ranks {num(pg.get('canvas_true_class_rank_mean'), 1)} of 10 on "
+        f"average among the logits (top 3 for {pct(pg.get('canvas_true_class_top3'), 0)}). "
+        "Global *average* pooling divides the digit's evidence by the canvas area, so on a "
+        "canvas four times larger than the training images the logits are dominated by "
+        "what the model makes of the empty background.\n"
+    )
+    add(
+        "* It **shows** that the evidence the model finds *for the digit's class* is located "
+        "on the digit, not on the background: CAM and Grad-CAM read each position's "
+        "contribution to that class's logit, which the average does not move."
+    )
+    add(
+        "* It does **not** explain the model's decisions on these canvases (the explained "
+        "class is not the predicted one), and it does **not** show that a method is "
+        "class-discriminative: with a single object on a blank canvas, a map that lights "
+        "up any ink scores well, whatever class it is asked about. The two-digit test "
+        "below is the class-discriminative check.\n"
+    )
+    add(f"![Pointing game]({fig['pointing']})\n")
+
+
+def _two_digit(add, td: dict, fig: dict) -> None:
+    """The class-discriminative test: two digits, each class explained in turn."""
+    rows = td["methods"]
+    gc = rows.get("gradcam", {})
+    mv = td["model"]
+    add("### Two digits: are the maps class-discriminative?\n")
+    add(
+        f"{td['n_canvases']:,} canvases of {td['canvas_size']}x{td['canvas_size']} pixels carry "
+        "two test digits of **different** classes at random places whose ink boxes are at "
+        f"least {td['min_gap_px']} px apart. Each canvas is explained twice, once for each "
+        "digit's class; a **hit** is the map's maximum inside *that* digit's box (no "
+        f"tolerance, and with one map cell = {td['map_cell_px']} px of tolerance). A map that "
+        "ignores the class (the same map for both) can hit at most one of the two, so it "
+        "scores at most 50 %; *both hit* is the share of canvases where both maps found "
+        "their own digit, *other digit* the share of maps whose maximum lies on the wrong "
+        f"one. A random point hits {pct(td['random_baseline'], 1)}. The model itself puts "
+        f"both digits' classes in its top 2 for {pct(mv['top2_are_the_two'], 0)} of the "
+        f"canvases and predicts one of them for {pct(mv['predicted_one_of_the_two'], 0)}.\n"
+    )
+    add("| method | hits | hits, one cell | both hit | other digit | maps |")
+    add("| --- | --- | --- | --- | --- | --- |")
+    for name, v in rows.items():
+        add(
+            f"| {LABELS.get(name, name)} | {pct(v['hit'], 1)} | {pct(v['hit_one_cell'], 1)} | "
+            f"{pct(v['both_hit'], 1)} | {pct(v['other_digit'], 1)} | {v['n_maps']:,} |"
+        )
+    add("")
+    if gc:
+        add(
+            f"Grad-CAM hits {pct(gc['hit'], 1)} ({pct(gc['hit_one_cell'], 1)} with one cell "
+            f"of tolerance): goal >= 90 %, {'met' if gc['hit'] >= 0.9 else '**not met**'}."
+            + _contrast_text(rows)
+            + "\n"
+        )
+    add(f"![Two-digit test]({fig['two_digit']})\n")
+
+
+def _methods(add, r: dict, fig: dict) -> None:
+    """Every registered method side by side."""
+    rows = r["method_table"]
+    pg, td = r["pointing_game"], r["two_digit"]
+    di, sn = r["deletion_insertion"], r["sanity"]
+    tp = r["time_per_image"]
+    batch = next(iter(tp.values()))["batch"]
+    add("## 6. Every method side by side\n")
+    add(
+        "Every method registered in `camlib.available_methods()`, on the improved model's "
+        "layer `block3` (Guided Backprop: the input), on the same images. Signed maps "
+        "(Guided Backprop, Guided Grad-CAM) count as |value| summed over channels. Columns: "
+        f"the pointing game on the translated digits (section 5; {pg['methods']['gradcam']['n']:,} "
+        f"canvases), the two-digit test (hits, no tolerance; {td['methods']['gradcam']['n_maps']:,} "
+        f"maps), deletion and insertion AUC ({di['n_images']} test digits), the rank "
+        "correlation between the maps of the trained and of the fully re-initialised model "
+        f"({sn['methods_n_images']} test digits; near 0 is good), and the time per image. "
+        "Score-CAM and Ablation-CAM run one forward pass per channel (96 here) and image, so "
+        "on the canvases they see only the first "
+        f"{rows.get('scorecam', {}).get('pointing_n', 'n/a')} of each test (their n is in "
+        "`metrics.json`).\n"
+    )
+    add(
+        "| method | pointing | two digits | deletion AUC (lower) | insertion AUC (higher) | "
+        "randomisation corr. | ms / image | forwards / image |"
+    )
+    add("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for v in rows.values():
+        add(
+            f"| {v['label']} | {pct(v['pointing'], 1)} | {pct(v['two_digit'], 1)} | "
+            f"{num(v['deletion_auc'])} | {num(v['insertion_auc'])} | "
+            f"{num(v['randomization_rank_corr'], 2)} | {v['ms_per_image']:.2f} | "
+            f"{v['forwards_per_image']:.0f} |"
+        )
+    add(
+        f"| random map | | | {num(r['deletion_auc']['random'])} | "
+        f"{num(r['insertion_auc']['random'])} | | | |"
+    )
+    add("")
+    add(
+        f"Time per image: one call on the same batch of {batch} test digits (28x28), "
+        "`time.perf_counter`, the median of "
+        f"{next(iter(tp.values()))['repeats']} call(s) after a warm-up, divided by the batch; "
+        f"{r['versions']['torch_threads']} torch thread(s) on a machine other work may share. "
+        "It is **indicative**: compare methods by their ratio, not by the absolute numbers "
+        "(`benchmarks/` has the careful measurements). *Forwards / image* counts the images "
+        "the model's forward saw per explained image (the gradient methods also run one "
+        "backward pass).\n"
+    )
+    add(f"![Every method]({fig['methods']})\n")
+
+
+def _contrast_text(rows: dict) -> str:
+    """What the contrasts (Guided Backprop, Eigen-CAM) did in the two-digit test."""
+    parts = []
+    gbp, eig = rows.get("guided_backprop"), rows.get("eigencam")
+    if eig:
+        parts.append(
+            f"Eigen-CAM is class-agnostic by construction (one map for both classes: both hit "
+            f"{pct(eig['both_hit'], 1)}), so it scores {pct(eig['hit'], 1)}."
+        )
+    if gbp and gbp["hit"] <= 0.6:
+        parts.append(
+            f"Guided Backprop, the usual non-discriminative contrast, scores "
+            f"{pct(gbp['hit'], 1)}: its maps reconstruct the digits whatever the class."
+        )
+    elif gbp:
+        parts.append(
+            f"Guided Backprop, usually the non-discriminative contrast, scores "
+            f"{pct(gbp['hit'], 1)} here: in this small network the class enters the guided "
+            "gradient through which of the last layer's channels get a positive gradient, "
+            "and those channels are specific enough to the digit. Its class-insensitivity "
+            "(Adebayo et al., 2018; Nie et al., 2018) is a finding about deep networks; do "
+            "not read this result as a licence to use it as a class explanation."
+        )
+    return " " + " ".join(parts) if parts else ""

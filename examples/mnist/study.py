@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 import camlib
 from camlib import metrics
 
-from . import figures
+from . import figures, methods
 from .data import BACKGROUND, DatasetMissing, Mnist, batches, load_mnist, paste_on_canvas, shift
 from .models import BaselineNet, ImprovedNet, cascade, count_parameters, randomized_copy
 from .report import write_report
@@ -55,8 +55,23 @@ class Settings:
     canvas: int = 56
     n_sanity: int = 500
     n_sanity_shown: int = 4
-    n_faithfulness: int = 500
+    n_faithfulness: int = 300
+    """Test digits for deletion/insertion (every method)."""
     steps: int = 28
+    n_randomisation: int = 200
+    """Test digits for the every-method randomisation test (trained vs all re-initialised)."""
+    n_methods_pointing: int = 1000
+    """Translated digits (the first of the pointing game's) for the every-method table."""
+    n_pairs: int = 500
+    """Two-digit canvases for the class-discriminative test."""
+    n_perturbation: int = 100
+    """At most this many canvases per test for Score-CAM and Ablation-CAM (one forward pass
+    per channel and image: 96 per map)."""
+    n_perturbation_digits: int | None = None
+    """The same cap for the 28x28 tests (deletion/insertion, randomisation); ``None``: none."""
+    n_timing: int = 32
+    """Test digits in the batch every method is timed on."""
+    timing_repeats: int = 3
     chunk: int = 500
     """Images per explainer call (bounds memory)."""
     max_shift_px: int = 3
@@ -79,8 +94,15 @@ class Settings:
             n_pointing=256,
             n_sanity=32,
             n_sanity_shown=3,
-            n_faithfulness=64,
+            n_faithfulness=32,
             steps=10,
+            n_randomisation=16,
+            n_methods_pointing=24,
+            n_pairs=24,
+            n_perturbation=2,
+            n_perturbation_digits=4,
+            n_timing=4,
+            timing_repeats=1,
             chunk=256,
         )
 
@@ -143,13 +165,13 @@ def measure(model, data: Mnist, seed: int, max_shift: int) -> tuple[dict, object
 def explain_mistakes(
     model, layer: str, data: Mnist, ev, k: int, chunk: int, title: str, path: Path
 ) -> dict:
-    """Grad-CAM for the predicted and the true class of every mistake (summary numbers) and,
-    with Guided Grad-CAM, a figure of the ``k`` most confident ones."""
+    """Grad-CAM for the predicted and the true class of every mistake (summary numbers) and
+    the library's gallery (:func:`camlib.viz.mistakes`) of the ``k`` most confident ones."""
     wrong = (ev.predictions != data.test_y).nonzero()[:, 0]
     if len(wrong) == 0:
         return {"n_mistakes": 0, "n_shown": 0}
     conf = ev.probabilities[wrong, ev.predictions[wrong]]
-    wrong = wrong[conf.argsort(descending=True)]  # most confident first
+    wrong = wrong[conf.argsort(descending=True, stable=True)]  # most confident first
     pred_all, true_all = ev.predictions[wrong], data.test_y[wrong]
     cam_pred, cam_true = [], []
     with camlib.GradCAM(model, target_layer=layer) as gradcam:
@@ -158,23 +180,28 @@ def explain_mistakes(
             cam_pred.append(gradcam(x, targets=pred_all[idx]))
             cam_true.append(gradcam(x, targets=true_all[idx]))
     cam_pred, cam_true = torch.cat(cam_pred), torch.cat(cam_true)
-    chosen = wrong[:k]
-    x, true, pred = data.test_x[chosen], data.test_y[chosen], ev.predictions[chosen]
-    with camlib.GuidedGradCAM(model, target_layer=layer) as guided:
-        g_pred = guided(x, targets=pred)
-        g_true = guided(x, targets=true)
-    confidence = ev.probabilities[chosen, pred]
-    figures.mistakes_grid(
-        x, true, pred, confidence, chosen, cam_pred[:k], cam_true[:k], g_pred, g_true, title, path
+    fig, shown = camlib.viz.mistakes(
+        model,
+        data.test_x,
+        data.test_y,
+        method="gradcam",
+        k=k,
+        target_layer=layer,
+        images=figures.display(data.test_x),
+        return_indices=True,
+        per_row=3,
+        cell=1.7,
+        title=title,
     )
+    figures.save(fig, path)
 
     def empty(maps: torch.Tensor) -> float:  # share of all-zero maps (no positive evidence)
         return float((maps.flatten(1).amax(1) == 0).float().mean())
 
     return {
         "n_mistakes": len(wrong),
-        "n_shown": len(chosen),
-        "shown_test_indices": chosen.tolist(),
+        "n_shown": len(shown),
+        "shown_test_indices": shown.tolist(),
         "gradcam_empty_map_fraction_pred": empty(cam_pred),
         "gradcam_empty_map_fraction_true": empty(cam_true),
         "gradcam_pred_vs_true_rank_corr_mean": _nanmean(
@@ -215,8 +242,10 @@ def _nanmean(x: torch.Tensor) -> float | None:
 
 def pointing_game(
     model, layer: str, data: Mnist, s: Settings, seed: int, progress: bool, path: Path
-) -> dict:
-    """Paste test digits on a blank canvas, explain the true class, point with the maximum."""
+) -> tuple[dict, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Paste test digits on a blank canvas, explain the true class, point with the maximum.
+
+    Returns the results and ``(canvases, boxes, labels)`` for the every-method table."""
     n = len(data.test_x) if s.n_pointing is None else min(s.n_pointing, len(data.test_x))
     g = torch.Generator().manual_seed(seed)
     canvases, boxes = paste_on_canvas(data.test_x[:n], s.canvas, g)
@@ -233,10 +262,14 @@ def pointing_game(
         gc_maps.append(camlib.upsample(g_raw, size))
         cam_maps.append(camlib.upsample(c_raw, size))
     gc_maps, cam_maps = torch.cat(gc_maps), torch.cat(cam_maps)
+    cell = s.canvas // g_raw.shape[-1]  # one cell of the layer's map, in pixels
     hits_gc = metrics.pointing_game(gc_maps, boxes)
     hits_cam = metrics.pointing_game(cam_maps, boxes)
     area = metrics.box_area_fraction(boxes, size)
     canvas_ev = evaluate(model, canvases, labels)
+    # rank of the true class among the 10 logits (1 = top): how far "1" dominates
+    true_p = canvas_ev.probabilities.gather(1, labels[:, None])
+    canvas_ranks = (canvas_ev.probabilities > true_p).sum(1) + 1
     blank = torch.full((1, 1, *size), BACKGROUND)
     with torch.no_grad():
         blank_class = int(model(blank).argmax(1))
@@ -261,21 +294,25 @@ def pointing_game(
         "random_baseline": float(area.mean()),
         "gradcam_energy_in_box": _nanmean(metrics.box_energy_fraction(gc_maps, boxes)),
         "cam_energy_in_box": _nanmean(metrics.box_energy_fraction(cam_maps, boxes)),
-        "gradcam_tolerance_4px": float(
-            metrics.pointing_game(gc_maps, boxes, tolerance=4).float().mean()
+        "gradcam_tolerance_one_cell": float(
+            metrics.pointing_game(gc_maps, boxes, tolerance=cell).float().mean()
         ),
+        "map_cell_px": cell,
         "gradcam_misses_by_true_class": torch.bincount(labels[~hits_gc], minlength=10).tolist(),
         "canvas_accuracy": canvas_ev.accuracy,
         "canvas_predicted_class_counts": torch.bincount(
             canvas_ev.predictions, minlength=10
         ).tolist(),
         "blank_canvas_predicted_class": blank_class,
+        "canvas_true_class_rank_mean": float(canvas_ranks.float().mean()),
+        "canvas_true_class_top1": float((canvas_ranks == 1).float().mean()),
+        "canvas_true_class_top3": float((canvas_ranks <= 3).float().mean()),
         "cam_vs_gradcam_max_rel_diff_on_canvas": rel,
         "n_images": n,
         "canvas_size": s.canvas,
         "target": "true class",
         "tolerance_px": 0,
-    }
+    }, (canvases, boxes, labels)
 
 
 def sanity_check(
@@ -326,7 +363,20 @@ def sanity_check(
         },
         curve_path,
     )
+    xr, yr = data.test_x[: s.n_randomisation], data.test_y[: s.n_randomisation]
+    every = methods.randomisation_table(
+        model,
+        models[-1],
+        layer,
+        xr,
+        yr,
+        methods.Sizes(len(xr), s.n_perturbation_digits or len(xr)),
+        s.chunk,
+        lambda it: _bar(it, "randomisation, every method", progress),
+    )
     return {
+        "methods": every,
+        "methods_n_images": len(xr),
         "gradcam_randomization_rank_corr": _nanmean(corr_gc[-1]),
         "guided_backprop_randomization_rank_corr": _nanmean(corr_gbp[-1]),
         "gradcam_randomization_abs_rank_corr": _nanmean(corr_gc[-1].abs()),
@@ -345,34 +395,99 @@ def sanity_check(
 def faithfulness(
     model, layer: str, data: Mnist, s: Settings, seed: int, progress: bool, path: Path
 ) -> tuple[dict, dict, dict]:
-    """Deletion and insertion curves for Grad-CAM, Guided Backprop and a random map."""
+    """Deletion and insertion curves for every registered method and a random map (signed
+    methods as |.| summed over channels)."""
     x, y = data.test_x[: s.n_faithfulness], data.test_y[: s.n_faithfulness]
     g = torch.Generator().manual_seed(seed)
+    sizes = methods.Sizes(len(x), s.n_perturbation_digits or len(x))
     maps = {
-        "Grad-CAM": camlib.GradCAM(model, target_layer=layer)(x, targets=y),
-        "Guided Backprop |.|": camlib.GuidedBackprop(model)(x, targets=y).abs().sum(1),
-        "random": torch.rand(x.shape[0], *x.shape[-2:], generator=g),
+        name: methods.heatmaps(
+            model, name, x[: sizes.of(name)], y[: sizes.of(name)], layer, s.chunk
+        )
+        for name in _bar(methods.method_names(), "maps for deletion/insertion", progress)
     }
+    maps["random"] = torch.rand(x.shape[0], *x.shape[-2:], generator=g)
     deletion, insertion = {}, {}
     for name in _bar(list(maps), "deletion/insertion", progress):
+        n = len(maps[name])
         deletion[name] = metrics.deletion_curve(
-            model, x, maps[name], y, s.steps, BACKGROUND, batch_size=s.chunk
+            model, x[:n], maps[name], y[:n], s.steps, BACKGROUND, batch_size=s.chunk
         )
         insertion[name] = metrics.insertion_curve(
-            model, x, maps[name], y, s.steps, BACKGROUND, batch_size=s.chunk
+            model, x[:n], maps[name], y[:n], s.steps, BACKGROUND, batch_size=s.chunk
         )
-    figures.deletion_insertion(deletion, insertion, path)
-    key = {"Grad-CAM": "gradcam", "Guided Backprop |.|": "guided_backprop", "random": "random"}
-    del_auc = {key[k]: float(metrics.auc(c).mean()) for k, c in deletion.items()}
-    ins_auc = {key[k]: float(metrics.auc(c).mean()) for k, c in insertion.items()}
+
+    def shown(name: str) -> str:
+        return "random map" if name == "random" else methods.label(name)
+
+    figures.deletion_insertion(
+        {shown(k): c for k, c in deletion.items()},
+        {shown(k): c for k, c in insertion.items()},
+        path,
+    )
+    del_auc = {k: float(metrics.auc(c).mean()) for k, c in deletion.items()}
+    ins_auc = {k: float(metrics.auc(c).mean()) for k, c in insertion.items()}
     info = {
         "n_images": len(x),
         "steps": s.steps,
         "baseline": "black pixels (the normalised value of 0) for deletion; insertion starts "
         "from an all-black canvas",
         "target": "true class, softmax probability",
+        "signed_maps": "Guided Backprop and Guided Grad-CAM as |value| summed over channels",
+        "n_images_by_method": {k: len(v) for k, v in maps.items()},
     }
     return del_auc, ins_auc, info
+
+
+def two_digit(
+    model, layer: str, data: Mnist, s: Settings, seed: int, progress: bool, path: Path
+) -> dict:
+    """The class-discriminative test: two digits per canvas, each class explained in turn."""
+    g = torch.Generator().manual_seed(seed)
+    canvases, box_a, box_b, y_a, y_b = methods.two_digit_canvases(
+        data.test_x, data.test_y, s.n_pairs, s.canvas, g
+    )
+    raw = camlib.GradCAM(model, target_layer=layer)(canvases[:1], upsample=False)
+    cell = s.canvas // raw.shape[-1]
+    rates, examples = methods.two_digit_test(
+        model,
+        layer,
+        canvases,
+        (box_a, box_b),
+        (y_a, y_b),
+        methods.Sizes(len(canvases), s.n_perturbation),
+        s.chunk,
+        cell,
+        shown=4,
+        bar=lambda it: _bar(it, "two-digit test", progress),
+    )
+    k = min(4, len(canvases))
+    figures.two_digit_examples(
+        canvases[:k],
+        (box_a[:k], box_b[:k]),
+        (y_a[:k], y_b[:k]),
+        {methods.label(n): examples[n] for n in ("gradcam", "eigencam", "guided_backprop")},
+        path,
+    )
+    return {
+        "methods": rates,
+        "model": methods.model_view(model, canvases, y_a, y_b, s.chunk),
+        "n_canvases": len(canvases),
+        "n_requested": s.n_pairs,
+        "canvas_size": s.canvas,
+        "min_gap_px": 8,
+        "map_cell_px": cell,
+        "random_baseline": float(
+            torch.cat(
+                [
+                    metrics.box_area_fraction(box_a, (s.canvas, s.canvas)),
+                    metrics.box_area_fraction(box_b, (s.canvas, s.canvas)),
+                ]
+            ).mean()
+        ),
+        "definition": "a hit is the maximum of the map for one digit's class inside that "
+        "digit's ink box; both digits of every canvas are explained (2 maps per canvas)",
+    }
 
 
 # -- the whole study -------------------------------------------------------------------------
@@ -510,8 +625,26 @@ def run_study(
             imp, layer, data, s.n_cam_check, figpath("cam_vs_gradcam", "cam_vs_gradcam.png")
         )
     with clock("pointing game"):
-        result["pointing_game"] = pointing_game(
+        result["pointing_game"], (canvases, boxes, labels) = pointing_game(
             imp, layer, data, s, seed + 4, progress, figpath("pointing", "pointing_game.png")
+        )
+    with clock("pointing game, every method"):
+        n = min(s.n_methods_pointing, len(canvases))
+        result["pointing_game"]["methods"] = methods.pointing_table(
+            imp,
+            layer,
+            canvases[:n],
+            boxes[:n],
+            labels[:n],
+            methods.Sizes(n, s.n_perturbation),
+            s.chunk,
+            result["pointing_game"]["map_cell_px"],
+            lambda it: _bar(it, "pointing game, every method", progress),
+        )
+        del canvases, boxes, labels
+    with clock("two-digit test"):
+        result["two_digit"] = two_digit(
+            imp, layer, data, s, seed + 7, progress, figpath("two_digit", "two_digit.png")
         )
     with clock("sanity check"):
         result["sanity"] = sanity_check(
@@ -540,6 +673,23 @@ def run_study(
         info,
     )
 
+    with clock("time per image"):
+        idx = torch.arange(min(s.n_timing, len(data.test_x)))
+        result["time_per_image"] = methods.time_per_image(
+            imp,
+            layer,
+            data.test_x[idx],
+            data.test_y[idx],
+            s.timing_repeats,
+            lambda it: _bar(it, "time per image", progress),
+        )
+    result["method_table"] = method_table(result)
+    figures.method_bars(
+        result["method_table"],
+        {name: methods.label(name) for name in result["method_table"]},
+        figpath("methods", "methods.png"),
+    )
+
     with clock("report"):
         result["timings_s"] = dict(clock.seconds)
         result["total_seconds"] = clock.total()
@@ -550,6 +700,29 @@ def run_study(
     result["total_seconds"] = clock.total()
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def method_table(r: dict) -> dict:
+    """One row per method: the numbers of every test, for the report and the docs."""
+    pg, td, sn = r["pointing_game"]["methods"], r["two_digit"]["methods"], r["sanity"]["methods"]
+    tp = r["time_per_image"]
+    rows = {}
+    for name in methods.order_for_table(pg):
+        rows[name] = {
+            "label": methods.label(name),
+            "pointing": pg[name]["hit"],
+            "pointing_n": pg[name]["n"],
+            "two_digit": td[name]["hit"],
+            "two_digit_one_cell": td[name]["hit_one_cell"],
+            "two_digit_n_maps": td[name]["n_maps"],
+            "deletion_auc": r["deletion_auc"][name],
+            "insertion_auc": r["insertion_auc"][name],
+            "randomization_rank_corr": sn[name]["rank_corr"],
+            "ms_per_image": tp[name]["ms_per_image"],
+            "forwards_per_image": tp[name]["forwards_per_image"],
+            "relative_time": tp[name]["relative_to_gradcam"],
+        }
+    return rows
 
 
 def _checkpoint(model, path: Path, res: dict, seed: int) -> None:
