@@ -81,11 +81,11 @@ def write_figures(
         faces, others = labels == 1, labels == 0
         panels = [
             viz.to_rgb_uint8(big[faces].mean(0)),
-            viz.overlay(big[faces].mean(0), _big(m1[faces].mean(0)[None])[0]),
-            viz.overlay(big[faces].mean(0), _big(m0[faces].mean(0)[None])[0]),
+            viz.overlay(big[faces].mean(0), _big(m1[faces].mean(0)[None])[0], normalize=False),
+            viz.overlay(big[faces].mean(0), _big(m0[faces].mean(0)[None])[0], normalize=False),
             viz.to_rgb_uint8(big[others].mean(0)),
-            viz.overlay(big[others].mean(0), _big(m0[others].mean(0)[None])[0]),
-            viz.overlay(big[others].mean(0), _big(m1[others].mean(0)[None])[0]),
+            viz.overlay(big[others].mean(0), _big(m0[others].mean(0)[None])[0], normalize=False),
+            viz.overlay(big[others].mean(0), _big(m1[others].mean(0)[None])[0], normalize=False),
         ]
         names = [
             "mean face",
@@ -175,7 +175,8 @@ def write_report(path: Path, r: dict) -> None:
     if "mean_maps" in fig:
         add(
             "Grad-CAM averaged over the held-out images: where the evidence for each class "
-            "lies on average.\n"
+            "lies on average, all four maps on one shared [0, 1] scale (no per-panel "
+            "rescaling, so a weak average stays dark).\n"
         )
         add(f"![Mean Grad-CAM maps]({fig['mean_maps']})\n")
     path.write_text("\n".join(lines), encoding="utf-8")
