@@ -376,7 +376,7 @@ def method_bars(rows: dict[str, dict], names: dict[str, str], path: Path) -> Pat
     ms = [rows[k]["ms_per_image"] for k in keys]
     bars(ax, ms, 0, 0.6, "", "tab:gray")
     for yy, t in zip(y, ms, strict=True):
-        ax.text(t, yy, f" {t:.3g}", va="center", fontsize=7)
+        ax.text(t, yy, f" {t:,.0f}" if t >= 10 else f" {t:.2g}", va="center", fontsize=7)
     ax.set(xscale="log", xlabel="ms per image (indicative)", title="Time per image")
     ax.set_xlim(min(ms) / 2, max(ms) * 8)
     for ax in axes:

@@ -505,6 +505,16 @@ def _methods(add, r: dict, fig: dict) -> None:
         "the model's forward saw per explained image (the gradient methods also run one "
         "backward pass).\n"
     )
+    eig = rows.get("eigencam")
+    if eig and eig["pointing"] < 0.5:
+        add(
+            f"Eigen-CAM points at the digit for only {pct(eig['pointing'], 1)} of the "
+            f"one-digit canvases (a random point: {pct(pg['random_baseline'], 1)}): most "
+            "positions of a 56x56 canvas are empty, so the first principal component of the "
+            "layer's activations is the background's pattern, and its maximum lands off the "
+            "digit. Class-agnostic and unsupervised, it shows what dominates the activations, "
+            "which here is not the object.\n"
+        )
     add(f"![Every method]({fig['methods']})\n")
 
 
