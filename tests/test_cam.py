@@ -342,7 +342,11 @@ def test_head_check_accepts_valid_heads_at_any_scale(scale):
     """A true GAP + linear head passes the check whether its logits are tiny or huge."""
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 5),
     ).eval()
     with torch.no_grad():
         for p in model.parameters():

@@ -268,7 +268,10 @@ INPUT_ERRORS = {
     "numpy": (lambda x: x.numpy(), "must be a torch.Tensor.*ndarray"),
     "list": (lambda x: x.tolist(), "must be a torch.Tensor.*list"),
     "3-D": (lambda x: x[0], r"\(1, 16, 16\).*unsqueeze\(0\)"),
-    "2-D": (lambda x: x[0, 0], r"shape \(N, C, H, W\) for a model whose first layer is Conv2d; got \(16, 16\)"),
+    "2-D": (
+        lambda x: x[0, 0],
+        r"shape \(N, C, H, W\) for a model whose first layer is Conv2d; got \(16, 16\)",
+    ),
     "5-D": (lambda x: x[None], r"\(1, 3, 1, 16, 16\)"),
     "int64": (lambda x: x.long(), "floating-point.*torch.int64"),
     "uint8": (lambda x: (x * 50).clamp(0, 255).to(torch.uint8), "floating-point.*torch.uint8"),

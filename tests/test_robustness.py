@@ -44,8 +44,12 @@ def test_a_named_1x1_layer_is_refused_with_its_name_and_shape(name):
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)  # layer4 is 1x1 at 32 px
-    with left_alone(model), pytest.raises(
-        camlib.LayerError, match=r"layer 'layer4' gives a map with a single position.*\(2, 512, 1, 1\)"
+    with (
+        left_alone(model),
+        pytest.raises(
+            camlib.LayerError,
+            match=r"layer 'layer4' gives a map with a single position.*\(2, 512, 1, 1\)",
+        ),
     ):
         camlib.explain(model, x, name, "layer4")
 
@@ -179,7 +183,8 @@ def test_reshape_transform_with_a_bad_result_is_named():
     model = small()
     explainer = camlib.GradCAM(model, "relu3", reshape_transform=lambda t: t.flatten(2))
     with pytest.raises(
-        camlib.LayerError, match=r"reshape_transform turned the output of layer 'relu3' into \(3, 16, 64\)"
+        camlib.LayerError,
+        match=r"reshape_transform turned the output of layer 'relu3' into \(3, 16, 64\)",
     ):
         explainer(batch())
 
