@@ -93,7 +93,7 @@ class Smooth:
         """Explain a batch as the wrapped explainer does (same arguments, same output)."""
         ex = self.explainer
         self.classes = self.scores = None
-        inputs = check_inputs(ex.model, inputs)
+        inputs = check_inputs(ex.model, inputs, ex._first_conv)
         n = inputs.shape[0]
         checked = check_targets(targets, n)
         args = _as_args(additional_forward_args)
