@@ -505,7 +505,8 @@ def markdown(report: dict) -> str:
             f"{study['model']} at {study['resolution']}x{study['resolution']}, "
             f"{study['images']} images; peak extra memory of one call (MiB). The wider "
             "layer needs twice the masked forward passes; bounded by batch_size means the "
-            "same peak for both layers at a given batch_size.",
+            "same peak for both layers at a given batch_size."
+            + (f" Allocator: {study['allocator']}." if study.get("allocator") else ""),
             "",
             "| contender | layer (channels) | batch_size | peak extra MiB |",
             "| --- | --- | ---: | ---: |",
