@@ -29,6 +29,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from examples.mnist.methods import LABELS  # noqa: E402 - the study's names for the methods
+
 DOCS = ROOT / "docs"
 IMG = DOCS / "img"
 SNIPPETS = DOCS / "snippets"
@@ -387,21 +390,6 @@ def mnist_snippets(m: dict, source: Path) -> dict[str, str]:
     return {name: note(source) + text for name, text in out.items()}
 
 
-LABELS = {
-    "cam": "CAM",
-    "gradcam": "Grad-CAM",
-    "gradcam++": "Grad-CAM++",
-    "xgradcam": "XGrad-CAM",
-    "hirescam": "HiResCAM",
-    "layercam": "LayerCAM",
-    "eigencam": "Eigen-CAM",
-    "scorecam": "Score-CAM",
-    "ablationcam": "Ablation-CAM",
-    "guided_gradcam": "Guided Grad-CAM",
-    "guided_backprop": "Guided Backprop",
-}
-
-
 def pointing_caveat(pg: dict) -> str:
     """What the one-digit pointing game shows and does not show, from its own numbers."""
     counts = pg.get("canvas_predicted_class_counts")
@@ -526,7 +514,6 @@ def home_picture(run: Path, data_root: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import torch
 
-    sys.path.insert(0, str(ROOT))
     import camlib
     from examples.mnist.data import load_mnist
     from examples.mnist.models import ImprovedNet
