@@ -23,8 +23,8 @@ from torch import nn
 from .capture import Capture, Edit, Graph, run_forward
 from .errors import InputError, LayerError, MethodError, TargetError, warn
 from .guided_relu import GuideSwitch
-from .inputs import check_inputs, first_conv, model_device
-from .layers import LayerRef, LayerSpec, _pick, parse_layer, probe_layers
+from .inputs import check_inputs, first_conv
+from .layers import LayerRef, LayerSpec, _first_of, _pick, parse_layer, probe_layers
 from .layouts import Arrangement, arrange, check_layout
 from .maps import fuse as fuse_maps
 from .maps import normalize_absmax, normalize_minmax, upsample
@@ -446,7 +446,9 @@ class Explainer:
                 key[0],
             )
         else:
-            probe = probe_layers(self.model, inputs[:1], self._forward_args_first())
+            probe = probe_layers(
+                self.model, inputs[:1], _first_of(self._forward_args, inputs.shape[0])
+            )
             refs = list(self.layers)
         resolved = []
         for ref in refs:
@@ -463,20 +465,11 @@ class Explainer:
         while len(self._resolved) > self._CACHE_SIZE:
             self._resolved.popitem(last=False)
 
-    def _forward_args_first(self) -> tuple:
-        return tuple(
-            a[:1] if isinstance(a, torch.Tensor) and a.dim() else a for a in self._forward_args
-        )
-
 
 def _as_args(value: Any) -> tuple:
     if value is None:
         return ()
     return tuple(value) if isinstance(value, tuple) else (value,)
-
-
-def _model_device(model: nn.Module) -> torch.device | None:  # kept for older imports
-    return model_device(model)
 
 
 def explain(
