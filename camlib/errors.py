@@ -28,6 +28,11 @@ class MethodError(CamlibError, ValueError):
     method or wrapper (``batch_size``, ``samples``, ``register``)."""
 
 
+class MetricError(CamlibError, ValueError):
+    """An unknown metric, a metric option it does not take, or a metric called without
+    what it needs (boxes, masks, the model)."""
+
+
 class VizError(CamlibError, ValueError):
     """An image, map, colormap or option that :mod:`camlib.viz` cannot use."""
 

@@ -1,0 +1,58 @@
+r"""Metrics for explanations, and the registry :func:`camlib.evaluate` runs them from.
+
+Two layers:
+
+* **functions** - batched and torch-only: they take (N, ...) tensors and return one number
+  per image (or one curve per image) on the inputs' device, with no Python loop over
+  images; they work on any maps, from camlib or elsewhere (:func:`pointing_game`,
+  :func:`deletion_curve`, :func:`rank_correlation`, ...);
+* **registered metrics** - :class:`Metric` subclasses that read a
+  :class:`MetricContext` (model, inputs, targets, maps, boxes, masks, a way to re-explain)
+  and declare their category, direction, needs and cost; :func:`camlib.evaluate` ranks
+  methods with them. Add your own with :func:`register`.
+
+Conventions: ``maps`` are (N, H, W) saliency maps (larger means more important); boxes
+are (N, 4) ``x0, y0, x1, y1`` in pixels with exclusive upper bounds; ``size`` is ``(H, W)``.
+
+Categories (one module each): :mod:`~camlib.metrics.faithfulness`,
+:mod:`~camlib.metrics.localisation`, :mod:`~camlib.metrics.sanity`,
+:mod:`~camlib.metrics.robustness`, :mod:`~camlib.metrics.complexity`,
+:mod:`~camlib.metrics.cost`.
+"""
+
+from __future__ import annotations
+
+from .faithfulness import auc, deletion_curve, gaussian_blur, insertion_curve
+from .localisation import box_area_fraction, box_energy_fraction, boxes_from_masks, pointing_game
+from .registry import (
+    CATEGORIES,
+    METRICS,
+    NEEDS,
+    Metric,
+    MetricContext,
+    available_metrics,
+    get_metric,
+    register,
+)
+from .sanity import average_ranks, rank_correlation
+
+__all__ = [
+    "CATEGORIES",
+    "METRICS",
+    "NEEDS",
+    "Metric",
+    "MetricContext",
+    "auc",
+    "available_metrics",
+    "average_ranks",
+    "box_area_fraction",
+    "box_energy_fraction",
+    "boxes_from_masks",
+    "deletion_curve",
+    "gaussian_blur",
+    "get_metric",
+    "insertion_curve",
+    "pointing_game",
+    "rank_correlation",
+    "register",
+]
