@@ -7,12 +7,12 @@ PY := $(VENV)/bin/python
 DATA ?= $(if $(wildcard ../shared/mnist/MNIST/raw),../shared/mnist,data)
 OUT ?= runs/mnist
 
-.PHONY: demo imagenet binary test lint docs bench clean
+.PHONY: demo imagenet binary test lint docs bench zoo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,docs,examples]"
+	$(PY) -m pip install -q -e ".[dev,docs,examples,zoo]"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -26,6 +26,11 @@ binary: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# The model-zoo coverage sweep (issue 17): random-weight models from timm, transformers,
+# torchvision video, segmentation-models-pytorch, ultralytics and MONAI; writes the table.
+zoo: $(VENV)/.installed
+	$(PY) benchmarks/zoo.py --out benchmarks/results/zoo
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
