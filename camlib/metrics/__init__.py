@@ -22,6 +22,7 @@ Categories (one module each): :mod:`~camlib.metrics.faithfulness`,
 
 from __future__ import annotations
 
+from . import complexity, cost, faithfulness, localisation, robustness, sanity
 from .faithfulness import auc, deletion_curve, gaussian_blur, insertion_curve
 from .localisation import box_area_fraction, box_energy_fraction, boxes_from_masks, pointing_game
 from .registry import (
@@ -43,6 +44,12 @@ __all__ = [
     "Metric",
     "MetricContext",
     "auc",
+    "complexity",
+    "cost",
+    "faithfulness",
+    "localisation",
+    "robustness",
+    "sanity",
     "available_metrics",
     "average_ranks",
     "box_area_fraction",

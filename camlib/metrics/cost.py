@@ -1,0 +1,3 @@
+r"""Cost: what a map costs to compute, measured by the runner."""
+
+from __future__ import annotations
