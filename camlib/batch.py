@@ -30,21 +30,12 @@ on a cluster) for the gallery to show every image; the CSV is complete in any ca
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import glob
-import hashlib
 import html
 import io
-import json
 import os
-import sys
-import threading
-import time
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -53,13 +44,45 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CamlibError
 from .maps import normalize_minmax, upsample
-
-IMAGE_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+from .pipeline import (
+    IMAGE_EXTENSIONS,
+    RECORD_VERSION,
+    BatchError,
+    ImageFiles,
+    Item,
+    Job,
+    RunSummary,
+    _distributed,
+    _gather,
+    as_items,
+    atomic_write,
+    collect_inputs,
+    fingerprint,
+    read_record,
+    resolve_device,
+    run_dataset,
+    write_record,
 )
-"""Extensions picked up in folders and globs (a file named directly is always tried)."""
+
+__all__ = [
+    "CSV_COLUMNS",
+    "IMAGE_EXTENSIONS",
+    "RECORD_VERSION",
+    "BatchError",
+    "ImageFiles",
+    "Item",
+    "RunSummary",
+    "atomic_write",
+    "collect_inputs",
+    "explain_files",
+    "parse_targets",
+    "resolve_device",
+    "write_csv",
+    "write_gallery",
+    "_distributed",
+    "_gather",
+]
 
 CSV_COLUMNS = (
     "file",
@@ -75,136 +98,6 @@ CSV_COLUMNS = (
     "map",
 )
 """Columns of ``results.csv``; ``status`` is ``ok``, ``unreadable`` or ``error``."""
-
-RECORD_VERSION = 1
-
-
-class BatchError(CamlibError, ValueError):
-    """Bad inputs or settings for :func:`explain_files` (found before any image is read)."""
-
-
-# -- inputs ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Item:
-    """One image file and the name its outputs get (posix, relative, extension kept)."""
-
-    path: Path
-    name: str
-
-
-def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Item]:
-    """Image files from files, folders (recursively) and globs, sorted by output name.
-
-    Raises :class:`BatchError` for an input that names nothing (a missing file, an empty
-    folder, a glob without matches). Output names that would collide get ``~2``, ``~3``.
-    """
-    found: list[tuple[Path, str]] = []
-    seen: set[Path] = set()
-
-    def add(path: Path, name: str) -> None:
-        key = path.resolve()
-        if key not in seen:
-            seen.add(key)
-            found.append((path, name))
-
-    for raw in inputs:
-        text = os.fspath(raw)
-        path = Path(text)
-        if path.is_file():
-            add(path, path.name)
-        elif path.is_dir():
-            files = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            )
-            if not files:
-                raise BatchError(
-                    f"folder {text!r} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})"
-                )
-            for p in files:
-                add(p, p.relative_to(path).as_posix())
-        elif glob.has_magic(text):
-            base = Path(_glob_base(text))
-            matches = sorted(
-                Path(m)
-                for m in glob.glob(text, recursive=True)
-                if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_EXTENSIONS
-            )
-            if not matches:
-                raise BatchError(f"the pattern {text!r} matches no image files")
-            for p in matches:
-                add(p, p.relative_to(base).as_posix() if p.is_relative_to(base) else p.name)
-        else:
-            raise BatchError(f"input {text!r}: no such file or folder")
-    # Outputs are named without the image's extension unless two images would collide.
-    stems = [str(Path(name).with_suffix("")) for _, name in found]
-    clash = {s for s in stems if stems.count(s) > 1}
-    items, used = [], set()
-    for (path, name), stem in zip(found, stems, strict=True):
-        base = name if stem in clash else stem
-        unique, k = base, 1
-        while unique in used:
-            k += 1
-            unique = f"{base}~{k}"
-        used.add(unique)
-        items.append(Item(path, unique))
-    return sorted(items, key=lambda it: it.name)
-
-
-def _glob_base(pattern: str) -> str:
-    parts = Path(pattern).parts
-    base = []
-    for part in parts:
-        if glob.has_magic(part):
-            break
-        base.append(part)
-    return str(Path(*base)) if base else "."
-
-
-# -- decoding (in DataLoader workers) -------------------------------------------------------
-class ImageFiles(torch.utils.data.Dataset):
-    """Decodes one image file: ``(index, model input or None, uint8 (H, W, C) image, error)``.
-
-    The image is EXIF-rotated (as viewers show it) and converted to RGB, or to grayscale
-    for one-channel models; ``preprocess`` turns it into the model's input.
-    """
-
-    def __init__(
-        self,
-        items: Sequence[Item],
-        preprocess: Callable[[torch.Tensor], torch.Tensor],
-        channels: int = 3,
-    ) -> None:
-        self.items = list(items)
-        self.preprocess = preprocess
-        self.channels = channels
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, torch.Tensor | None, str]:
-        from PIL import Image, ImageOps
-
-        try:
-            with Image.open(self.items[i].path) as im:
-                im = ImageOps.exif_transpose(im)
-                im = im.convert("L" if self.channels == 1 else "RGB")
-                array = np.array(im, dtype=np.uint8)
-            image = torch.from_numpy(array)
-            if image.dim() == 2:
-                image = image.unsqueeze(-1)
-            return i, self.preprocess(image), image, ""
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is this image's fault
-            return i, None, None, f"{type(exc).__name__}: {exc}"
-
-
-def _collate(samples: list[tuple]) -> dict[str, Any]:
-    good = [s for s in samples if s[1] is not None]
-    return {
-        "index": [s[0] for s in good],
-        "inputs": torch.stack([s[1] for s in good]) if good else None,
-        "images": [s[2] for s in good],
-        "failed": [(s[0], s[3]) for s in samples if s[1] is None],
-    }
 
 
 # -- targets ------------------------------------------------------------------------------
@@ -230,20 +123,6 @@ def parse_targets(spec: str | int | None) -> tuple[str, int]:
 
 
 # -- writing ------------------------------------------------------------------------------
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: readers (and a
-    later ``resume``) see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
 def _npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
@@ -295,116 +174,22 @@ def _paths(out: Path, name: str, rank: int, k: int) -> dict[str, str]:
     }
 
 
-def _record_path(out: Path, name: str) -> Path:
-    return out / "records" / f"{name}.json"
-
-
-def _source_stamp(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
-
-
 def _complete(out: Path, item: Item, fingerprint: str) -> list[dict] | None:
     """The rows of a finished image, or ``None`` if it must be explained (again)."""
+    record = read_record(out, item, fingerprint)
+    if record is None:
+        return None
     try:
-        record = json.loads(_record_path(out, item.name).read_text())
-        if (
-            record.get("version") != RECORD_VERSION
-            or record.get("fingerprint") != fingerprint
-            or record.get("source") != _source_stamp(item.path)
-        ):
-            return None
-        rows = record["rows"]
-        for row in rows:
+        for row in record["rows"]:
             for key in ("overlay", "map", "thumb"):
                 if (out / row[key]).stat().st_size == 0:
                     return None
-        return rows
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, KeyError, TypeError):
         return None
+    return record["rows"]
 
 
-# -- the run ------------------------------------------------------------------------------
-@dataclass
-class RunSummary:
-    """What :func:`explain_files` did (on this rank; ``rows`` are every rank's)."""
-
-    total: int = 0
-    """Images on this rank."""
-    explained: int = 0
-    resumed: int = 0
-    failed: list[tuple[str, str, str]] = field(default_factory=list)
-    """(file, status, message) of every image that failed, all ranks."""
-    seconds: float = 0.0
-    """Wall time of the explaining loop on this rank (model loading excluded)."""
-    rows: list[dict] = field(default_factory=list)
-    rank: int = 0
-    world_size: int = 1
-    per_rank: list[dict] = field(default_factory=list)
-    """``explained``, ``resumed`` and ``seconds`` of every rank."""
-    out: Path = Path(".")
-
-    @property
-    def images_per_second(self) -> float:
-        """Images explained per second on this rank."""
-        return self.explained / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def explained_all(self) -> int:
-        """Images explained by every rank together."""
-        return sum(s["explained"] for s in self.per_rank) if self.per_rank else self.explained
-
-    @property
-    def resumed_all(self) -> int:
-        return sum(s["resumed"] for s in self.per_rank) if self.per_rank else self.resumed
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"cpu"``, ``"cuda"``, ``"cuda:1"``; under torchrun ``"cuda"`` is ``cuda:LOCAL_RANK``.
-
-    Raises :class:`BatchError` when CUDA is asked for and is not available.
-    """
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            built = "with" if torch.backends.cuda.is_built() else "without"
-            raise BatchError(
-                f"--device {device} was asked for, but CUDA is not available (this torch "
-                f"{torch.__version__} is built {built} CUDA and sees no GPU); use --device cpu"
-            )
-        if dev.index is None:
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        if dev.index >= torch.cuda.device_count():
-            raise BatchError(
-                f"device {dev} does not exist: {torch.cuda.device_count()} GPU(s) visible"
-            )
-    elif dev.type != "cpu":
-        raise BatchError(f"--device must be cpu or cuda[:N], got {device!r}")
-    return dev
-
-
-@contextlib.contextmanager
-def _distributed(device: torch.device) -> Iterator[tuple[int, int]]:
-    """(rank, world size); joins the torchrun process group when ``WORLD_SIZE`` > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        yield 0, 1
-        return
-    import torch.distributed as dist
-
-    created = False
-    if not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        created = True
-    try:
-        yield dist.get_rank(), dist.get_world_size()
-    finally:
-        if created:
-            dist.destroy_process_group()
-
-
+# -- explain -----------------------------------------------------------------------------------
 def explain_files(
     model: nn.Module,
     inputs: Sequence[str | os.PathLike] | Sequence[Item],
@@ -462,35 +247,24 @@ def explain_files(
     dev = resolve_device(device)
     cls = get_method(method)
     kind, k = parse_targets(targets)
-    if batch_size < 1:
-        raise BatchError(f"batch_size must be >= 1, got {batch_size}")
-    if workers < 0:
-        raise BatchError(f"workers must be >= 0, got {workers}")
+    _check_loader_settings(batch_size, workers)
     signed = bool(getattr(cls, "signed", False))
     uses_layer = bool(getattr(cls, "uses_layer", True))
     layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
     if not uses_layer and layers != ["auto"]:
         raise BatchError(f"method {cls.name!r} explains the input only: it takes no layer")
-    items = (
-        list(inputs)
-        if inputs and all(isinstance(i, Item) for i in inputs)
-        else collect_inputs(inputs)  # type: ignore[arg-type]
+    items = as_items(inputs)
+    key = fingerprint(
+        {
+            "method": cls.name,
+            "layer": layers,
+            "targets": [kind, k],
+            "amp": amp,
+            "preprocess": repr(preprocess),
+            "options": {str(a): repr(b) for a, b in (options or {}).items()},
+            "settings": {str(a): repr(b) for a, b in (settings or {}).items()},
+        }
     )
-    fingerprint = hashlib.sha256(
-        json.dumps(
-            {
-                "method": cls.name,
-                "layer": layers,
-                "targets": [kind, k],
-                "amp": amp,
-                "preprocess": repr(preprocess),
-                "options": {str(a): repr(b) for a, b in (options or {}).items()},
-                "settings": {str(a): repr(b) for a, b in (settings or {}).items()},
-            },
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()[:16]
-
     model = model.to(dev)
     explainer = (
         cls(model, layers if len(layers) > 1 else layers[0], **(options or {}))
@@ -498,145 +272,61 @@ def explain_files(
         else cls(model, **(options or {}))
     )
     raw_maps = not signed and len(layers) == 1  # one interpolation, raw grid -> image size
+    context = {
+        "out": out,
+        "method": cls.name,
+        "signed": signed,
+        "raw": raw_maps,
+        "categories": list(categories) if categories else None,
+        "k": k,
+        "fingerprint": key,
+    }
 
-    summary = RunSummary(out=out)
-    with _distributed(dev) as (rank, world):
-        summary.rank, summary.world_size = rank, world
-        mine = items[rank::world]
-        summary.total = len(mine)
-        rows: list[dict] = []
-        todo: list[Item] = []
-        for item in mine:
-            done = _complete(out, item, fingerprint) if resume else None
-            if done is None:
-                todo.append(item)
-            else:
-                rows.extend(done)
-                summary.resumed += 1
-        for sub in ("overlays", "maps", "thumbs", "records"):
-            (out / sub).mkdir(parents=True, exist_ok=True)
+    def outputs(items: list[Item], batch: dict, results: list) -> list[Callable[[], list[dict]]]:
+        layer_used = _layer_name(explainer)
+        tasks = []
+        for j, item in enumerate(items):
+            size = tuple(batch["images"][j].shape[:2])
+            per = [
+                (_full_map(m[j], size, raw_maps, signed), int(c[j]), float(s[j]))
+                for m, c, s in results
+            ]
+            tasks.append(partial(_write_image, item, batch["images"][j], per, layer_used, context))
+        return tasks
 
-        loader = torch.utils.data.DataLoader(
-            ImageFiles(todo, preprocess, channels),
-            batch_size=batch_size,
-            num_workers=workers if todo else 0,
-            collate_fn=_collate,
-            pin_memory=dev.type == "cuda",
-        )
-        bar = _progress(len(todo), progress and rank == 0, world)
-        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="camlib-writer")
-        pending: deque[Future] = deque()
-        autocast = (
-            torch.autocast(dev.type, dtype=torch.float16 if dev.type == "cuda" else torch.bfloat16)
-            if amp
-            else contextlib.nullcontext()
-        )
-        started = time.perf_counter()
-        context = {
-            "out": out,
-            "method": cls.name,
-            "signed": signed,
-            "raw": raw_maps,
-            "categories": list(categories) if categories else None,
-            "k": k,
-            "fingerprint": fingerprint,
-        }
+    def finish(summary: RunSummary) -> None:
+        write_csv(out / "results.csv", summary.rows)
+        write_gallery(out / "index.html", summary.rows, title=title)
 
-        def drain(limit: int) -> None:
-            while len(pending) > limit:
-                rows.extend(pending.popleft().result())
-
-        try:
-            for batch in loader:
-                for i, message in batch["failed"]:
-                    rows.append(_failed_row(todo[i], "unreadable", message, cls.name))
-                if batch["inputs"] is not None:
-                    batch_items = [todo[i] for i in batch["index"]]
-                    try:
-                        x = batch["inputs"].to(dev, non_blocking=True)
-                        with autocast:
-                            results = _explain_batch(explainer, model, x, kind, k, raw_maps)
-                    except (CamlibError, RuntimeError, ValueError, TypeError) as exc:
-                        if isinstance(exc, CamlibError) and summary.explained == 0:
-                            raise  # the settings do not fit this model: stop at once
-                        message = f"{type(exc).__name__}: {exc}"
-                        rows.extend(
-                            _failed_row(it, "error", message, cls.name) for it in batch_items
-                        )
-                        results = None
-                    if results is not None:
-                        layer_used = _layer_name(explainer)
-                        for j, item in enumerate(batch_items):
-                            size = tuple(batch["images"][j].shape[:2])
-                            per = [
-                                (_full_map(m[j], size, raw_maps, signed), int(c[j]), float(s[j]))
-                                for m, c, s in results
-                            ]
-                            pending.append(
-                                pool.submit(
-                                    _write_image,
-                                    item,
-                                    batch["images"][j],
-                                    per,
-                                    layer_used,
-                                    context,
-                                )
-                            )
-                        summary.explained += len(batch_items)
-                drain(2 * batch_size)
-                bar.update(len(batch["index"]) + len(batch["failed"]))
-            drain(0)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            bar.close()
-        summary.seconds = time.perf_counter() - started
-        # A write that failed turns an "ok" image into a failure.
-        summary.explained -= sum(1 for r in rows if r["status"] == "error" and r.get("_written"))
-        for r in rows:
-            r.pop("_written", None)
-
-        mine_stats = {
-            "explained": summary.explained,
-            "resumed": summary.resumed,
-            "seconds": summary.seconds,
-        }
-        parts = _gather((rows, mine_stats), world)
-        all_rows = [row for part_rows, _ in parts for row in part_rows]
-        summary.per_rank = [stats for _, stats in parts]
-        all_rows.sort(key=lambda r: (r["file"], int(r["rank"] or 0)))
-        summary.rows = all_rows
-        failed: dict[str, tuple[str, str, str]] = {}
-        for r in all_rows:
-            if r["status"] != "ok":
-                failed.setdefault(r["file"], (r["file"], r["status"], r["message"]))
-        summary.failed = list(failed.values())
-        if rank == 0:
-            write_csv(out / "results.csv", all_rows)
-            write_gallery(out / "index.html", all_rows, title=title)
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()  # nobody leaves before the merged files are written
-    return summary
+    job = Job(
+        compute=lambda x, batch: _explain_batch(explainer, model, x, kind, k, raw_maps),
+        outputs=outputs,
+        failed_row=lambda item, status, message: _failed_row(item, status, message, cls.name),
+        complete=lambda item: _complete(out, item, key),
+        finish=finish,
+        desc="explaining",
+        folders=("overlays", "maps", "thumbs", "records"),
+    )
+    return run_dataset(
+        items,
+        out,
+        job,
+        preprocess=preprocess,
+        channels=channels,
+        device=dev,
+        batch_size=batch_size,
+        workers=workers,
+        resume=resume,
+        amp=amp,
+        progress=progress,
+    )
 
 
-def _progress(total: int, enabled: bool, world: int):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        enabled = False
-    if not enabled:
-        return _NoBar()
-    desc = "explaining" if world == 1 else f"explaining (rank 0 of {world})"
-    return tqdm(total=total, unit="img", desc=desc, file=sys.stderr, dynamic_ncols=True)
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+def _check_loader_settings(batch_size: int, workers: int) -> None:
+    if batch_size < 1:
+        raise BatchError(f"batch_size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise BatchError(f"workers must be >= 0, got {workers}")
 
 
 def _layer_name(explainer: Any) -> str:
@@ -698,7 +388,8 @@ def _write_image(
     layer: str,
     ctx: dict,
 ) -> list[dict]:
-    """Maps at the image's size -> .npy, overlay .png, thumbnail, then the record."""
+    """Maps at the image's size -> .npy, overlay .png, thumbnail, then the record (a failure
+    here fails this image only: the pipeline turns it into an ``error`` row)."""
     from . import viz
 
     out: Path = ctx["out"]
@@ -707,41 +398,28 @@ def _write_image(
     if rgb.shape[2] == 1:
         rgb = np.repeat(rgb, 3, axis=2)
     rows = []
-    try:
-        for r, (array, cls_index, score) in enumerate(per_rank):
-            shown = viz.signed_to_rgb(array) if ctx["signed"] else viz.overlay(rgb, array)
-            paths = _paths(out, item.name, r, k)
-            atomic_write(out / paths["map"], _npy_bytes(array))
-            atomic_write(out / paths["overlay"], _png_bytes(shown))
-            atomic_write(out / paths["thumb"], _thumb_bytes(shown))
-            cats = ctx["categories"]
-            rows.append(
-                {
-                    "file": str(item.path),
-                    "rank": r + 1,
-                    "class_index": cls_index,
-                    "class_name": cats[cls_index] if cats and 0 <= cls_index < len(cats) else "",
-                    "score": score,
-                    "method": ctx["method"],
-                    "layer": layer,
-                    "status": "ok",
-                    "message": "",
-                    **paths,
-                }
-            )
-        record = {
-            "version": RECORD_VERSION,
-            "fingerprint": ctx["fingerprint"],
-            "source": _source_stamp(item.path),
-            "rows": rows,
-        }
-        atomic_write(_record_path(out, item.name), json.dumps(record, indent=1).encode())
-    except Exception as exc:  # noqa: BLE001 - a disk or encoder failure fails this image only
-        row = _failed_row(
-            item, "error", f"writing outputs: {type(exc).__name__}: {exc}", ctx["method"]
+    for r, (array, cls_index, score) in enumerate(per_rank):
+        shown = viz.signed_to_rgb(array) if ctx["signed"] else viz.overlay(rgb, array)
+        paths = _paths(out, item.name, r, k)
+        atomic_write(out / paths["map"], _npy_bytes(array))
+        atomic_write(out / paths["overlay"], _png_bytes(shown))
+        atomic_write(out / paths["thumb"], _thumb_bytes(shown))
+        cats = ctx["categories"]
+        rows.append(
+            {
+                "file": str(item.path),
+                "rank": r + 1,
+                "class_index": cls_index,
+                "class_name": cats[cls_index] if cats and 0 <= cls_index < len(cats) else "",
+                "score": score,
+                "method": ctx["method"],
+                "layer": layer,
+                "status": "ok",
+                "message": "",
+                **paths,
+            }
         )
-        row["_written"] = True
-        return [row]
+    write_record(out, item, ctx["fingerprint"], rows)
     return rows
 
 
@@ -760,17 +438,6 @@ def _failed_row(item: Item, status: str, message: str, method: str) -> dict:
         "map": "",
         "thumb": "",
     }
-
-
-def _gather(obj: Any, world: int) -> list[Any]:
-    """Every rank's ``obj``, in rank order (``[obj]`` without torch.distributed)."""
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    parts: list[Any] = [None] * world
-    dist.all_gather_object(parts, obj)
-    return parts
 
 
 # -- merged outputs ---------------------------------------------------------------------------
