@@ -896,6 +896,16 @@ def _decimals(values: Iterable[float]) -> int:
     return 3 if top < 10 else 2 if top < 100 else 1 if top < 1000 else 0
 
 
+def _wrap_header(name: str, arrow: str, width: int) -> tuple[str, str]:
+    """A column header as two lines, ``name + arrow`` split after an underscore when it is
+    wider than the column's cells (``"increase_in_"``, ``"confidence ↑"``)."""
+    if len(name) + len(arrow) <= width or "_" not in name:
+        return "", name + arrow
+    cuts = [i + 1 for i, c in enumerate(name) if c == "_"]
+    i = min(cuts, key=lambda i: max(i, len(name) - i + len(arrow)))
+    return name[:i], name[i:] + arrow
+
+
 class Leaderboard:
     """Methods ranked by every metric: means, 95 % bootstrap intervals, per-image rows.
 
@@ -1017,7 +1027,6 @@ class Leaderboard:
 
     def __str__(self) -> str:
         decimals = {m.name: _decimals(e[m.name] for e in self.summary) for m in self.metrics}
-        head = ["#", "method", "n", "mean rank", *(self._header(m) for m in self.metrics)]
         body = []
         for i, e in enumerate(self.summary, start=1):
             n = max((e[f"{m.name}_n"] for m in self.metrics), default=0)
@@ -1032,7 +1041,14 @@ class Leaderboard:
                 star = "*" if mean == self._best(m) else " "
                 cells.append(f"{mean:.{d}f} ±{half:.{d}f}{star}")
             body.append(cells)
-        widths = [max(len(r[j]) for r in [head, *body]) for j in range(len(head))]
+        # headers on two lines: a long metric name wraps at an underscore
+        top, bottom = ["", "", "", "mean"], ["#", "method", "n", "rank"]
+        for j, m in enumerate(self.metrics, start=4):
+            cell = max(len(r[j]) for r in body) if body else 0
+            a, b = _wrap_header(m.name, self._header(m)[len(m.name) :], cell)
+            top.append(a)
+            bottom.append(b)
+        widths = [max(len(r[j]) for r in [top, bottom, *body]) for j in range(len(bottom))]
         left = {1}
 
         def line(cells: list[str]) -> str:
@@ -1041,7 +1057,7 @@ class Leaderboard:
                 for j, (c, w) in enumerate(zip(cells, widths, strict=True))
             ).rstrip()
 
-        rule = "-" * len(line(head))
+        rule = "-" * max(len(line(top)), len(line(bottom)))
         ranked = "quality metrics" if any(m.category != "cost" for m in self.metrics) else "metrics"
         notes = [
             f"mean over images ± half the 95% bootstrap interval ({self.n_boot} resamples); "
@@ -1051,7 +1067,7 @@ class Leaderboard:
         ]
         if self.dropped:
             notes.append("dropped (raised on this model): " + ", ".join(self.dropped))
-        return "\n".join([line(head), rule, *(line(r) for r in body), rule, *notes])
+        return "\n".join([line(top), line(bottom), rule, *(line(r) for r in body), rule, *notes])
 
     def __repr__(self) -> str:
         return f"<Leaderboard: {len(self.summary)} rows x {len(self.metrics)} metrics>"
