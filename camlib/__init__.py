@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from . import layouts, metrics, targets, viz
 from .base import METHODS, Explainer, available_methods, explain, get_method, register
-from .errors import CamlibError, InputError, LayerError, MethodError, TargetError, VizError
+from .errors import (
+    CamlibError,
+    InputError,
+    LayerError,
+    MethodError,
+    MetricError,
+    TargetError,
+    VizError,
+)
+from .evaluation import Evaluator, Leaderboard, evaluate
 from .layers import find_target_layer, layer_name, resolve_layer
 from .maps import fuse, normalize_absmax, normalize_minmax, upsample
 from .methods import (
@@ -37,6 +46,7 @@ __all__ = [
     "CamlibError",
     "DetectionTarget",
     "EigenCAM",
+    "Evaluator",
     "Explainer",
     "GradCAM",
     "GradCAMPlusPlus",
@@ -46,7 +56,9 @@ __all__ = [
     "InputError",
     "LayerCAM",
     "LayerError",
+    "Leaderboard",
     "MethodError",
+    "MetricError",
     "ScoreCAM",
     "SegmentationTarget",
     "Smooth",
@@ -54,6 +66,7 @@ __all__ = [
     "VizError",
     "XGradCAM",
     "available_methods",
+    "evaluate",
     "explain",
     "find_target_layer",
     "fuse",
