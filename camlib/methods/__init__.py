@@ -31,3 +31,28 @@ __all__ = [
     "ScoreCAM",
     "XGradCAM",
 ]
+
+# round 2 (a)
+from .dff import Concepts, DeepFeatureFactorization
+from .eigengradcam import EigenGradCAM
+from .fem import FEM
+from .fullgrad import FullGrad, FullGradients
+from .gradcam_elementwise import GradCAMElementWise
+from .kpcacam import KPCACAM
+from .randomcam import RandomCAM
+from .segeigencam import SegEigenCAM
+from .shapleycam import ShapleyCAM
+
+__all__ += [
+    "FEM",
+    "KPCACAM",
+    "Concepts",
+    "DeepFeatureFactorization",
+    "EigenGradCAM",
+    "FullGrad",
+    "FullGradients",
+    "GradCAMElementWise",
+    "RandomCAM",
+    "SegEigenCAM",
+    "ShapleyCAM",
+]
