@@ -312,3 +312,18 @@ def test_volumes_and_signals_work_with_masks():
     )
     with pytest.raises(MetricError, match="tolerance needs 2-D maps"):
         score("pointing_game", maps, masks=masks, tolerance=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_same_values_on_cuda():
+    torch.manual_seed(0)
+    maps = torch.rand(4, 24, 20)
+    boxes = torch.tensor([[0, 0, 5, 5], [3, 4, 20, 24], [10, 2, 12, 9], [1, 1, 19, 23]])
+    masks = localisation.masks_from_boxes(boxes, (24, 20))
+    for name in LOCALISATION:
+        for kw in (dict(boxes=boxes), dict(masks=masks)):
+            cpu = get_metric(name, tolerance=3) if name == "pointing_game" else get_metric(name)
+            on_cpu = cpu(context(maps, **kw))
+            on_gpu = cpu(context(maps.cuda(), **{k: v.cuda() for k, v in kw.items()}))
+            assert on_gpu.device.type == "cuda"
+            assert torch.allclose(on_gpu.cpu(), on_cpu, atol=1e-9, equal_nan=True), name

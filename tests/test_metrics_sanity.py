@@ -385,3 +385,21 @@ def test_random_logit_reads_classes_without_moving_batchnorm_statistics():
         get_metric("random_logit")(ctx)
     with pytest.raises(MetricError, match="classes must be an int >= 2"):
         get_metric("random_logit", classes=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_same_seed_same_weights_classes_and_values_on_cuda():
+    conv = nn.Conv2d(3, 4, 3)
+    gpu = nn.Conv2d(3, 4, 3).cuda()
+    sanity.reinitialise(conv, 5)
+    sanity.reinitialise(gpu, 5)
+    assert torch.equal(gpu.weight.cpu(), conv.weight) and gpu.weight.device.type == "cuda"
+    net, x = small(), batch(4, 16)
+    cpu_ctx, gpu_ctx = context(net, x, seed=3), context(net.cuda(), x.cuda(), seed=3)
+    for name, options in (("randomisation", dict(steps=None)), ("random_logit", {})):
+        on_gpu = get_metric(name, **options)(gpu_ctx)
+        assert on_gpu.device.type == "cuda"
+        net.cpu()
+        on_cpu = get_metric(name, **options)(cpu_ctx)
+        net.cuda()
+        assert torch.allclose(on_gpu.cpu(), on_cpu, atol=1e-4, equal_nan=True), name
