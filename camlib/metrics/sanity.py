@@ -398,7 +398,8 @@ class RandomLogit(Metric):
     Quantus 0.6.0 (``quantus.RandomLogit``) draws the other class the same way (from
     NumPy's seeded RNG); with the same draws, ``flatten=True`` and ``normalise=False`` its
     values equal these. Its default ``normalise=True`` divides every map by the batch's
-    largest value, so a map's score depends on the other images in its batch.
+    largest value, so a map's score depends on the other images in its batch (a no-op on
+    camlib's maps, whose maximum is 1).
     """
 
     category = "sanity"
