@@ -46,6 +46,7 @@ from torch import nn
 
 from .maps import normalize_minmax, upsample
 from .pipeline import (
+    BOX_COLUMNS,
     IMAGE_EXTENSIONS,
     RECORD_VERSION,
     BatchError,
@@ -59,6 +60,7 @@ from .pipeline import (
     atomic_write,
     collect_inputs,
     fingerprint,
+    load_annotations,
     read_record,
     resolve_device,
     run_dataset,
@@ -75,6 +77,7 @@ __all__ = [
     "RunSummary",
     "atomic_write",
     "collect_inputs",
+    "evaluate_files",
     "explain_files",
     "parse_targets",
     "resolve_device",
@@ -438,6 +441,331 @@ def _failed_row(item: Item, status: str, message: str, method: str) -> dict:
         "map": "",
         "thumb": "",
     }
+
+
+# -- evaluate ----------------------------------------------------------------------------------
+PREVIEW = 64
+"""Longest side of the small uint8 copies of each method's maps kept per image for
+``report.html`` (``previews/NAME.npz``)."""
+
+
+def evaluate_files(
+    model: nn.Module,
+    inputs: Sequence[str | os.PathLike] | Sequence[Item],
+    out: str | os.PathLike,
+    *,
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    channels: int = 3,
+    methods: str | Sequence[str] = "all",
+    metrics: str | Sequence[str] = "default",
+    layer: str | Sequence[str] = "auto",
+    targets: str | int | None = "top",
+    boxes: str | os.PathLike | None = None,
+    masks: str | os.PathLike | None = None,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    workers: int = 2,
+    resume: bool = False,
+    seed: int = 0,
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
+    metric_options: Mapping[str, Mapping[str, Any]] | None = None,
+    primary: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
+    title: str = "camlib evaluate",
+    n_boot: int = 1000,
+    plan_only: bool = False,
+) -> RunSummary:
+    """Rank methods with metrics on image files (:class:`camlib.evaluation.Evaluator` batch
+    by batch) and write the leaderboard and ``report.html``.
+
+    Writes, under ``out``: ``records/NAME.json`` (the image's metric rows, one per
+    method, written atomically; ``resume`` skips images whose record matches),
+    ``previews/NAME.npz`` (uint8 copies of its maps, longest side :data:`PREVIEW`, for the
+    report), and at the end ``leaderboard.csv``, ``leaderboard.md``, ``per_image.csv``,
+    ``leaderboard.png`` (:meth:`~camlib.evaluation.Leaderboard.save`), ``failed.csv`` and
+    ``report.html`` (:func:`camlib.report.write_report`).
+
+    Args:
+        model, inputs, out, preprocess, channels, batch_size, workers, device, resume,
+            settings: as for :func:`explain_files`.
+        methods, metrics, layer, seed, method_options, metric_options: see
+            :class:`~camlib.evaluation.Evaluator`.
+        targets: ``"top"`` (each image's top class) or a class index.
+        boxes: a CSV of one box per image (``file, x0, y0, x1, y1`` in the image's pixels,
+            upper bounds exclusive), scaled to the input by
+            :func:`~camlib.pipeline.scale_box`.
+        masks: a folder of PNG masks (``NAME.png``), resized to the input with
+            nearest-neighbour sampling (:func:`~camlib.pipeline.resize_mask`).
+        primary: the metric that picks each method's best and worst images in the report
+            (default ``deletion`` when it runs, else the first quality metric).
+        progress: a tqdm bar (``None``: only when stderr is a terminal).
+        n_boot: bootstrap resamples of the leaderboard's intervals.
+        plan_only: check everything, put :meth:`Evaluator.plan` in ``summary.extra["plan"]``
+            and stop before any forward pass.
+
+    Returns:
+        A :class:`RunSummary` (``explained``: images scored); on rank 0
+        ``extra["leaderboard"]`` and ``outputs`` (the files written). Bad settings, boxes
+        or masks raise :class:`BatchError` (or a :class:`~camlib.errors.CamlibError`)
+        before any forward pass.
+
+    Random draws (the ``random`` baseline, metrics' noise) come from one generator seeded
+    with ``seed`` and advanced batch by batch, so an image's values for them depend on the
+    batch it lands in: a resumed or sharded run matches a fresh one in distribution, not
+    bit for bit.
+    """
+    from .evaluation import Evaluator
+
+    out = Path(out)
+    dev = resolve_device(device)
+    target = _evaluate_target(targets)
+    _check_loader_settings(batch_size, workers)
+    items = as_items(inputs)
+    _check_metric_needs(metrics, boxes is not None, masks is not None)
+    notes = load_annotations(items, boxes, masks)  # every box and mask, before any forward
+    model = model.to(dev)
+    ev = Evaluator(
+        model,
+        methods,
+        metrics,
+        layer,
+        seed=seed,
+        method_options={k: dict(v) for k, v in (method_options or {}).items()},
+        metric_options={k: dict(v) for k, v in (metric_options or {}).items()},
+        boxes=notes.boxes is not None,
+        masks=notes.masks is not None,
+    )
+    main = _primary_metric(ev.metrics, primary)
+    if plan_only:
+        return RunSummary(out=out, total=len(items), extra={"plan": ev.plan(len(items))})
+    key = fingerprint(
+        {
+            "command": "evaluate",
+            "rows": ev.rows_names,
+            "metrics": [m.name for m in ev.metrics],
+            "metric_options": {str(a): repr(b) for a, b in (metric_options or {}).items()},
+            "method_options": {str(a): repr(b) for a, b in (method_options or {}).items()},
+            "layer": repr(layer),
+            "targets": target,
+            "seed": seed,
+            "preprocess": repr(preprocess),
+            "annotations": [notes.boxes is not None, notes.masks is not None],
+            "settings": {str(a): repr(b) for a, b in (settings or {}).items()},
+        }
+    )
+    by_id = {str(item.path): item for item in items}
+
+    def compute(x: torch.Tensor, batch: dict) -> tuple[list[dict], dict[str, torch.Tensor]]:
+        ids = [str(item.path) for item in batch["items"]]
+        boxes_, masks_ = batch.get("boxes"), batch.get("masks")
+        return ev.score(x, target, boxes_, masks_, image_ids=ids, return_maps=True)
+
+    def outputs(items_: list[Item], batch: dict, result: tuple) -> list[Callable[[], list[dict]]]:
+        rows, maps = result
+        names = list(maps)
+        small = _previews(torch.stack([maps[n] for n in names], 1))  # (N, M, h, w) uint8
+        mine: dict[str, list[dict]] = {}
+        for r in rows:
+            mine.setdefault(str(r["image"]), []).append({**r, "file": r["image"], "status": "ok"})
+        return [
+            partial(
+                _write_scores,
+                out,
+                item,
+                key,
+                notes.stamp(item),
+                names,
+                small[j],
+                mine.get(str(item.path), []),
+            )
+            for j, item in enumerate(items_)
+        ]
+
+    def complete(item: Item) -> list[dict] | None:
+        record = read_record(out, item, key)
+        if record is None or record.get("annotation") != notes.stamp(item):
+            return None
+        if not (out / str(record.get("previews", "-"))).is_file():
+            return None
+        return record["rows"]
+
+    def finish(summary: RunSummary) -> None:
+        _finish_evaluation(summary, ev, main, by_id, channels, seed, n_boot, title)
+
+    job = Job(
+        compute=compute,
+        outputs=outputs,
+        failed_row=lambda item, status, message: _failed_score(item, status, message),
+        complete=complete,
+        finish=finish,
+        desc="evaluating",
+        folders=("records", "previews"),
+        stats=lambda: {"dropped": dict(ev.dropped)},
+    )
+    return run_dataset(
+        items,
+        out,
+        job,
+        preprocess=preprocess,
+        channels=channels,
+        device=dev,
+        batch_size=batch_size,
+        workers=workers,
+        resume=resume,
+        progress=progress,
+        annotate=notes if notes else None,
+    )
+
+
+def _evaluate_target(targets: str | int | None) -> int | None:
+    kind, k = parse_targets(targets)
+    if kind == "top" and k > 1:
+        raise BatchError(
+            f"targets {targets!r}: evaluate scores one map per image and method; use 'top' "
+            f"(each image's top class) or a class index"
+        )
+    return None if kind == "top" else k
+
+
+def _check_metric_needs(metrics: str | Sequence[str], boxes: bool, masks: bool) -> None:
+    """A named metric that needs boxes or masks, with neither given: say which flag."""
+    from .metrics.registry import METRICS
+
+    if boxes or masks or (isinstance(metrics, str) and metrics in ("default", "all")):
+        return
+    names = [s.strip() for s in metrics.split(",")] if isinstance(metrics, str) else metrics
+    for name in names:
+        cls = METRICS[name] if isinstance(name, str) and name in METRICS else None
+        if cls is not None and {"boxes", "masks"} & set(cls.needs):
+            raise BatchError(
+                f"metric {name!r} needs object boxes or masks: give boxes= (--boxes FILE.csv "
+                f"with columns {', '.join(BOX_COLUMNS)}) or masks= (--masks DIR with one PNG "
+                f"per image), or leave the metric out"
+            )
+
+
+def _primary_metric(metrics: Sequence[Any], primary: str | None) -> str:
+    names = [m.name for m in metrics]
+    if primary is None:
+        if "deletion" in names:
+            return "deletion"
+        quality = [m.name for m in metrics if m.category != "cost"]
+        return (quality or names)[0]
+    norm = {n.lower().replace("-", "").replace("_", ""): n for n in names}
+    found = norm.get(primary.lower().replace("-", "").replace("_", ""))
+    if found is None:
+        raise BatchError(
+            f"primary metric {primary!r} is not among the metrics run ({', '.join(names)})"
+        )
+    return found
+
+
+def _previews(maps: torch.Tensor) -> np.ndarray:
+    """(N, M, H, W) maps in [0, 1] -> (N, M, h, w) uint8, longest side :data:`PREVIEW`."""
+    h, w = maps.shape[-2:]
+    scale = min(1.0, PREVIEW / max(h, w))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    small = torch.nn.functional.interpolate(maps.float(), size=size, mode="area")
+    return small.clamp_(0, 1).mul_(255).round_().to(torch.uint8).numpy()
+
+
+def _write_scores(
+    out: Path,
+    item: Item,
+    key: str,
+    stamp: dict,
+    names: list[str],
+    previews: np.ndarray,
+    rows: list[dict],
+) -> list[dict]:
+    """The image's map previews, then its record (its metric rows): last, atomically."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, methods=np.array(names), maps=previews)
+    relative = f"previews/{item.name}.npz"
+    atomic_write(out / relative, buf.getvalue())
+    write_record(out, item, key, rows, annotation=stamp, previews=relative)
+    return rows
+
+
+def _failed_score(item: Item, status: str, message: str) -> dict:
+    text = message.replace("\n", " ")[:500]
+    return {
+        "file": str(item.path),
+        "image": str(item.path),
+        "method": "",
+        "status": status,
+        "message": text,
+    }
+
+
+def _finish_evaluation(
+    summary: RunSummary,
+    ev: Any,
+    primary: str,
+    by_id: Mapping[str, Item],
+    channels: int,
+    seed: int,
+    n_boot: int,
+    title: str,
+) -> None:
+    """Rank 0, every rank's rows in hand: the leaderboard files, failed.csv, report.html."""
+    from .evaluation import Leaderboard
+    from .report import write_report
+
+    out = summary.out
+    dropped: dict[str, str] = {}
+    for stats in summary.per_rank:
+        dropped.update(stats.get("dropped", {}))
+    keep = ("image", "method", "class", *(m.name for m in ev.metrics))
+    rows = [
+        {k: r[k] for k in keep if k in r}
+        for r in summary.rows
+        if r.get("status", "ok") == "ok" and r["method"] not in dropped
+    ]
+    board = None
+    if rows:
+        board = Leaderboard.from_rows(rows, ev.metrics, seed=seed, n_boot=n_boot)
+        board.dropped = dropped
+        summary.outputs.update(board.save(out))
+        summary.extra["leaderboard"] = board
+    failed = io.StringIO()
+    writer = csv.writer(failed, lineterminator="\n")
+    writer.writerow(["file", "status", "message"])
+    writer.writerows(summary.failed)
+    atomic_write(out / "failed.csv", failed.getvalue().encode())
+    summary.outputs["failed"] = out / "failed.csv"
+    cache: dict[str, dict[str, np.ndarray] | None] = {}
+
+    def preview(image_id: str, method: str) -> np.ndarray | None:
+        if image_id not in cache:
+            item = by_id.get(image_id)
+            try:
+                with np.load(out / "previews" / f"{item.name}.npz") as z:  # type: ignore[union-attr]
+                    cache[image_id] = dict(zip(z["methods"].tolist(), z["maps"], strict=True))
+            except (OSError, ValueError, KeyError, AttributeError):
+                cache[image_id] = None
+        maps = cache[image_id]
+        return None if maps is None else maps.get(method)
+
+    n_images = len({r["image"] for r in rows})
+    notes = [
+        f"{n_images} image(s) scored, {len(summary.failed)} failed; "
+        f"{len(board.summary) if board else 0} rows x {len(ev.metrics)} metrics; seed {seed}",
+    ]
+    figure = summary.outputs.get("figure")
+    write_report(
+        out / "report.html",
+        board,
+        primary=primary,
+        preview=preview,
+        failed=summary.failed,
+        title=title,
+        notes=notes,
+        figure=figure.read_bytes() if figure is not None else None,
+        channels=channels,
+    )
+    summary.outputs["report"] = out / "report.html"
 
 
 # -- merged outputs ---------------------------------------------------------------------------

@@ -1,11 +1,14 @@
-"""The ``camlib`` command: ``camlib explain``, ``camlib layers``, ``camlib methods``.
+"""The ``camlib`` command: ``camlib explain``, ``camlib evaluate``, ``camlib layers``,
+``camlib methods``.
 
     camlib explain torchvision:resnet50 --weights DEFAULT photos/ --out cams/
+    camlib evaluate torchvision:resnet50 --weights DEFAULT photos/ --boxes boxes.csv --out eval/
     camlib layers torchvision:resnet50 --input-size 3,224,224
     torchrun --nproc-per-node 4 -m camlib explain ... --device cuda
 
-Exit status: 0 when every image was explained, 1 when some image failed (its row in
-``results.csv`` says why), 2 for a usage error (bad model, layer, option).
+Exit status: 0 when every image was explained (scored), 1 when some image failed (its row
+in ``results.csv`` / ``failed.csv`` says why), 2 for a usage error (bad model, layer,
+option, boxes, masks).
 """
 
 from __future__ import annotations
@@ -54,6 +57,32 @@ def _option(text: str) -> tuple[str, Any]:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):
         return key, value
+
+
+def _dotted_option(text: str) -> tuple[str, str, Any]:
+    """``[NAME.]KEY=VALUE`` -> (NAME or "", KEY, VALUE); NAME may hold any character but
+    ``=`` (``gradcam++.batch_size=8``)."""
+    left, sep, value = text.partition("=")
+    name, dot, key = left.rpartition(".")
+    if not sep or not key.isidentifier() or (dot and not name):
+        raise argparse.ArgumentTypeError(
+            f"expected [NAME.]KEY=VALUE (e.g. scorecam.batch_size=64), got {text!r}"
+        )
+    try:
+        return name, key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name, key, value
+
+
+def _names(text: str) -> list[str] | str:
+    """``"all"``/``"default"`` as they are, else the comma-separated names."""
+    text = text.strip()
+    if text.lower() in ("all", "default"):
+        return text.lower()
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected names separated by commas, got {text!r}")
+    return names
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -122,6 +151,74 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-progress", action="store_true", help="no progress bar")
     ex.set_defaults(func=cmd_explain)
 
+    ev = sub.add_parser(
+        "evaluate",
+        help="rank methods with metrics on image files; write leaderboard.csv/.md, report.html",
+        description="Explain every image with every method (and two baselines), score each map "
+        "with the metrics, and write under --out: records/ (per-image metric rows, used by "
+        "--resume), previews/, leaderboard.csv, leaderboard.md, per_image.csv, "
+        "leaderboard.png, failed.csv and report.html (self-contained). Run under torchrun to "
+        "shard over processes.",
+    )
+    _add_model_args(ev)
+    ev.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
+    ev.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
+    ev.add_argument(
+        "--methods", type=_names, default="all", help="method names separated by commas, or 'all'"
+    )
+    ev.add_argument(
+        "--metrics",
+        type=_names,
+        default="default",
+        help="'default' (no boxes/masks needed, plus localisation with --boxes/--masks), "
+        "'all', or names separated by commas",
+    )
+    ev.add_argument("--layer", default="auto", help="layer of every layer method (default auto)")
+    ev.add_argument(
+        "--targets", default="top", help="'top' (each image's top class, default) or a class index"
+    )
+    ev.add_argument(
+        "--boxes",
+        metavar="FILE.csv",
+        help="one box per image: columns file,x0,y0,x1,y1 in pixels of the original image",
+    )
+    ev.add_argument(
+        "--masks", metavar="DIR", help="one PNG mask per image (NAME.png), the image's size"
+    )
+    ev.add_argument(
+        "--primary",
+        metavar="METRIC",
+        help="metric that picks each method's best and worst images in report.html "
+        "(default: deletion, else the first metric)",
+    )
+    ev.add_argument("--batch-size", "-b", type=int, default=16)
+    ev.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torchrun: cuda:LOCAL_RANK)")
+    ev.add_argument("--workers", "-j", type=int, default=2, help="DataLoader worker processes")
+    ev.add_argument("--seed", type=int, default=0, help="random baseline, noise and bootstrap")
+    ev.add_argument("--resume", action="store_true", help="skip images already scored in DIR")
+    ev.add_argument(
+        "--option",
+        type=_dotted_option,
+        action="append",
+        default=[],
+        metavar="[METHOD.]KEY=VALUE",
+        help="method option, for one method (scorecam.batch_size=64) or for every method "
+        "that takes it (batch_size=64); repeatable",
+    )
+    ev.add_argument(
+        "--metric-option",
+        type=_dotted_option,
+        action="append",
+        default=[],
+        metavar="METRIC.KEY=VALUE",
+        help="metric option, e.g. deletion.steps=20 (repeatable)",
+    )
+    ev.add_argument(
+        "--plan", action="store_true", help="print what would run and its cost, then stop"
+    )
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.set_defaults(func=cmd_evaluate)
+
     ly = sub.add_parser(
         "layers",
         help="list the model's layers with output shapes and the layer 'auto' picks",
@@ -183,11 +280,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # fail before loading anything
     loaded = _load(args)
     layers = [s.strip() for s in args.layer.split(",") if s.strip()] or ["auto"]
-    weights = args.weights
-    stamp = None
-    if weights and Path(weights).is_file():
-        st = Path(weights).stat()
-        stamp = [str(Path(weights).resolve()), st.st_size, st.st_mtime_ns]
     summary = explain_files(
         loaded.model,
         args.inputs,
@@ -204,7 +296,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         resume=args.resume,
         categories=loaded.categories,
         options=dict(args.option),
-        settings={"model": args.model, "weights": stamp or weights},
+        settings={"model": args.model, "weights": _weights_stamp(args.weights)},
         progress=not args.no_progress,
         title=f"camlib explain {args.model} --method {args.method}",
     )
@@ -234,6 +326,121 @@ def _summary_text(summary, args: argparse.Namespace) -> str:
             lines.append(f"    ... and {len(summary.failed) - 20} more (see results.csv)")
     out = Path(summary.out)
     lines.append(f"  results: {out / 'results.csv'}   gallery: {out / 'index.html'}")
+    return "\n".join(lines)
+
+
+# -- evaluate --------------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .batch import BatchError, evaluate_files, resolve_device
+
+    resolve_device(args.device)  # fail before loading anything
+    metric_options: dict[str, dict] = {}
+    for name, key, value in args.metric_option:
+        if not name:
+            raise BatchError(f"--metric-option {key}=...: name the metric, e.g. deletion.{key}=...")
+        metric_options.setdefault(name, {})[key] = value
+    method_options = _method_options(args.option, args.methods)
+    loaded = _load(args)
+    layers = [s.strip() for s in args.layer.split(",") if s.strip()] or ["auto"]
+    summary = evaluate_files(
+        loaded.model,
+        args.inputs,
+        args.out,
+        preprocess=loaded.preprocess,
+        channels=loaded.preprocess.channels,
+        methods=args.methods,
+        metrics=args.metrics,
+        layer=layers if len(layers) > 1 else layers[0],
+        targets=args.targets,
+        boxes=args.boxes,
+        masks=args.masks,
+        batch_size=args.batch_size,
+        device=args.device,
+        workers=args.workers,
+        resume=args.resume,
+        seed=args.seed,
+        method_options=method_options,
+        metric_options=metric_options,
+        primary=args.primary,
+        settings={"model": args.model, "weights": _weights_stamp(args.weights)},
+        progress=False if args.no_progress else None,
+        title=f"camlib evaluate {args.model}",
+        plan_only=args.plan,
+    )
+    if args.plan:
+        print(summary.extra["plan"])
+        return 0
+    if summary.rank == 0:
+        print(_evaluate_text(summary))
+    return 1 if summary.failed else 0
+
+
+def _method_options(
+    pairs: Sequence[tuple[str, str, Any]], methods: str | list[str]
+) -> dict[str, dict]:
+    """``--option`` values by method: ``METHOD.KEY=V`` for that method, ``KEY=V`` for every
+    evaluated method whose constructor takes ``KEY`` (an error when none does)."""
+    import inspect
+
+    from .base import available_methods, get_method
+    from .batch import BatchError
+
+    names = available_methods() if methods == "all" else list(methods)
+    options: dict[str, dict] = {}
+    for name, key, value in pairs:
+        if name:
+            options.setdefault(name, {})[key] = value
+            continue
+        takers = []
+        for method in names:
+            cls = get_method(method)
+            for klass in cls.__mro__:
+                init = vars(klass).get("__init__")
+                if init is None:
+                    continue
+                params = inspect.signature(init).parameters
+                if key in params:
+                    takers.append(cls.name)
+                if key in params or not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                    break
+        if not takers:
+            raise BatchError(
+                f"--option {key}=...: none of the methods evaluated ({', '.join(names)}) takes "
+                f"{key!r}; name one as METHOD.{key}=..."
+            )
+        for method in takers:
+            options.setdefault(method, {})[key] = value
+    return options
+
+
+def _weights_stamp(weights: str | None) -> Any:
+    """The weights as they identify a run for --resume: a file's path, size and mtime."""
+    if weights and Path(weights).is_file():
+        st = Path(weights).stat()
+        return [str(Path(weights).resolve()), st.st_size, st.st_mtime_ns]
+    return weights
+
+
+def _evaluate_text(summary) -> str:
+    board = summary.extra.get("leaderboard")
+    slowest = max((st["seconds"] for st in summary.per_rank), default=summary.seconds)
+    where = "" if summary.world_size == 1 else f" by {summary.world_size} processes"
+    images = len({r["file"] for r in summary.rows})
+    lines = [
+        f"camlib evaluate: {images} image(s) -> {summary.out}",
+        f"  scored {summary.explained_all}{where}, skipped {summary.resumed_all} already "
+        f"complete, failed {len(summary.failed)} in {slowest:.1f} s",
+    ]
+    if board is not None:
+        lines += ["", str(board), ""]
+    if summary.failed:
+        lines.append("  failed:")
+        for file, status, message in summary.failed[:20]:
+            lines.append(f"    {file}: {status}: {message[:160]}")
+        if len(summary.failed) > 20:
+            lines.append(f"    ... and {len(summary.failed) - 20} more (see failed.csv)")
+    out = Path(summary.out)
+    lines.append(f"  leaderboard: {out / 'leaderboard.md'}   report: {out / 'report.html'}")
     return "\n".join(lines)
 
 

@@ -9,7 +9,9 @@ A run is a chain of small stages; each command supplies only what it does with a
 3. :func:`resume_split` - images whose per-image record matches the settings are done
    (:func:`read_record`, :func:`write_record`);
 4. :func:`image_loader` - a :class:`~torch.utils.data.DataLoader` over :class:`ImageFiles`
-   decodes, preprocesses (and reads boxes and masks for) the rest in worker processes;
+   decodes and preprocesses the rest in worker processes, with the boxes and masks of
+   :class:`Annotations` (checked up front by :func:`load_annotations`) scaled to the model
+   input;
 5. :func:`process_batches` - the job's ``compute`` on each batch (on the device), then its
    per-image ``outputs`` on writer threads; every file goes through :func:`atomic_write`;
 6. :func:`merge_rows` - every rank's rows gathered on every rank; rank 0 runs the job's
@@ -19,9 +21,11 @@ A run is a chain of small stages; each command supplies only what it does with a
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
 import hashlib
 import json
+import math
 import os
 import sys
 import threading
@@ -30,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -349,6 +354,284 @@ def _collate(samples: list[dict]) -> dict[str, Any]:
     return batch
 
 
+# -- 4b. boxes and masks (camlib evaluate) ---------------------------------------------------------
+BOX_COLUMNS = ("file", "x0", "y0", "x1", "y1")
+"""Columns a boxes CSV must have (others are ignored)."""
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file as it is shown (after its EXIF rotation), from its header."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+        orientation = im.getexif().get(0x0112, 1)
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def scale_box(
+    box: Sequence[Fraction], image_hw: Sequence[int], input_hw: Sequence[int]
+) -> list[int]:
+    r"""A box in image pixels -> the input pixels that cover it, for a whole-image resize.
+
+    The preprocessing resizes the whole image (no crop) from (H, W) to (h, w), so image
+    x-coordinates scale by :math:`s_x = w / W` and y by :math:`s_y = h / H`; the box
+    becomes the smallest box of whole input pixels that covers the scaled one:
+
+    .. math:: x_0' = \lfloor x_0 s_x \rfloor,\ y_0' = \lfloor y_0 s_y \rfloor,\
+              x_1' = \lceil x_1 s_x \rceil,\ y_1' = \lceil y_1 s_y \rceil
+
+    computed exactly (fractions, no rounding error), upper bounds exclusive.
+    """
+    (big_h, big_w), (h, w) = image_hw, input_hw
+    x0, y0, x1, y1 = (Fraction(v) for v in box)
+    return [
+        math.floor(x0 * w / big_w),
+        math.floor(y0 * h / big_h),
+        math.ceil(x1 * w / big_w),
+        math.ceil(y1 * h / big_h),
+    ]
+
+
+def read_mask(path: Path) -> torch.Tensor:
+    """(H, W) bool mask from an image file: True where a pixel is not 0 (any colour
+    channel for RGB; alpha ignored)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
+            array = np.array(im.convert("RGB")) != 0
+            return torch.from_numpy(array.any(-1))
+        return torch.from_numpy(np.array(im) != 0)
+
+
+def resize_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(H, W) bool -> (h, w) bool, nearest neighbour on the pixel centres the resize of the
+    image samples (``nearest-exact``, the geometry of ``align_corners=False``)."""
+    m = mask[None, None].float()
+    out = torch.nn.functional.interpolate(m, size=tuple(size), mode="nearest-exact")
+    return out[0, 0] > 0.5
+
+
+@dataclass(frozen=True)
+class Annotations:
+    """Per-image boxes (image pixels) and mask files, checked by :func:`load_annotations`;
+    called in the DataLoader workers, it scales them to the model input.
+
+    Attributes:
+        boxes: ``{item name: (x0, y0, x1, y1)}`` in the image's pixels, upper bounds
+            exclusive, or None.
+        masks: ``{item name: mask file}``, or None.
+    """
+
+    boxes: Mapping[str, tuple[Fraction, ...]] | None = None
+    masks: Mapping[str, Path] | None = None
+
+    def __bool__(self) -> bool:
+        return self.boxes is not None or self.masks is not None
+
+    def __call__(self, item: Item, image: torch.Tensor, x: torch.Tensor) -> dict:
+        """``box`` (4,) long and ``mask`` (h, w) bool at the size of the input ``x``."""
+        out: dict[str, torch.Tensor] = {}
+        input_hw, image_hw = tuple(x.shape[-2:]), tuple(image.shape[:2])
+        if self.boxes is not None:
+            box = scale_box(self.boxes[item.name], image_hw, input_hw)
+            out["box"] = torch.tensor(box, dtype=torch.long)
+        if self.masks is not None:
+            mask = read_mask(self.masks[item.name])
+            if tuple(mask.shape) != image_hw:
+                raise BatchError(
+                    f"mask {str(self.masks[item.name])!r} is {tuple(mask.shape)} (H, W) but the "
+                    f"image {str(item.path)!r} is {image_hw}: a mask must have its image's size"
+                )
+            out["mask"] = resize_mask(mask, input_hw)
+        return out
+
+    def stamp(self, item: Item) -> dict:
+        """What the image's record keeps of its annotation (a change redoes the image)."""
+        stamp: dict[str, Any] = {}
+        if self.boxes is not None:
+            stamp["box"] = [str(v) for v in self.boxes[item.name]]
+        if self.masks is not None:
+            stamp["mask"] = [str(self.masks[item.name]), *source_stamp(self.masks[item.name])]
+        return stamp
+
+
+def load_annotations(
+    items: Sequence[Item],
+    boxes: str | os.PathLike | None = None,
+    masks: str | os.PathLike | None = None,
+) -> Annotations:
+    """Read and check a boxes CSV and a masks folder against the images, reading no more
+    than the image headers. Raises :class:`BatchError` naming the file, the row, the shape
+    and what is allowed when anything does not fit:
+
+    * ``boxes``: a CSV with a header and the columns ``file, x0, y0, x1, y1`` (pixels of the
+      image as shown, upper bounds exclusive), one row per image; ``file`` is the image's
+      path (as given, or relative to the CSV's folder), its path relative to the input
+      folder (with or without the extension), or its file name when no other image has it;
+    * ``masks``: a folder with one mask image per image: ``NAME.png`` where NAME is the
+      image's path relative to its input folder without the extension (``cats/tabby.png``),
+      or, in a flat folder, the image's file stem; the same (H, W) as its image.
+    """
+    if boxes is None and masks is None:
+        return Annotations()
+    sizes = _sizes(items)
+    return Annotations(
+        _load_boxes(items, Path(boxes), sizes) if boxes is not None else None,
+        _find_masks(items, Path(masks), sizes) if masks is not None else None,
+    )
+
+
+def _sizes(items: Sequence[Item]) -> dict[str, tuple[int, int] | None]:
+    """Header sizes; None for a file that cannot be read (it fails later as unreadable)."""
+    sizes: dict[str, tuple[int, int] | None] = {}
+    for item in items:
+        try:
+            sizes[item.name] = image_size(item.path)
+        except Exception:  # noqa: BLE001 - the decoder reports it, as for any image
+            sizes[item.name] = None
+    return sizes
+
+
+def _item_keys(items: Sequence[Item]) -> dict[str, list[Item]]:
+    keys: dict[str, list[Item]] = {}
+    for item in items:
+        names = {item.name, item.name + item.path.suffix, item.path.name}
+        for key in names:
+            keys.setdefault(key, []).append(item)
+    return keys
+
+
+def _load_boxes(
+    items: Sequence[Item], path: Path, sizes: Mapping[str, tuple[int, int] | None]
+) -> dict[str, tuple[Fraction, ...]]:
+    if not path.is_file():
+        raise BatchError(f"boxes file {str(path)!r} does not exist")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in BOX_COLUMNS if c not in header]
+        if missing:
+            raise BatchError(
+                f"boxes file {str(path)!r} has the columns {header or 'none'}; it needs a header "
+                f"line with {', '.join(BOX_COLUMNS)} (pixels of the original image, x1 and y1 "
+                f"exclusive); missing: {', '.join(missing)}"
+            )
+        table = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    by_path = {item.path.resolve(): item for item in items}
+    keys = _item_keys(items)
+    boxes: dict[str, tuple[Fraction, ...]] = {}
+    rows_of: dict[str, int] = {}
+    for line, row in enumerate(table, start=2):
+        where = f"boxes file {str(path)!r} line {line}"
+        item = _match(row["file"], path.parent, by_path, keys, where, len(items))
+        if item.name in boxes:
+            raise BatchError(
+                f"{where}: a second box for {str(item.path)!r} (first on line "
+                f"{rows_of[item.name]}); give one box per image, or a mask (--masks) for "
+                f"several objects"
+            )
+        try:
+            box = tuple(Fraction(row[c]) for c in BOX_COLUMNS[1:])
+        except (ValueError, ZeroDivisionError):
+            values = ", ".join(repr(row[c]) for c in BOX_COLUMNS[1:])
+            raise BatchError(f"{where}: x0, y0, x1, y1 must be numbers, got {values}") from None
+        size = sizes[item.name]
+        if size is not None:
+            h, w = size
+            x0, y0, x1, y1 = box
+            if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+                shown = ", ".join(row[c] for c in BOX_COLUMNS[1:])
+                raise BatchError(
+                    f"{where}: the box ({shown}) of {str(item.path)!r} does not fit its image of "
+                    f"(H, W) = ({h}, {w}): need 0 <= x0 < x1 <= {w} and 0 <= y0 < y1 <= {h} "
+                    f"(pixels, x1 and y1 exclusive)"
+                )
+        boxes[item.name] = box
+        rows_of[item.name] = line
+    # An image that cannot be read needs no box: it fails as unreadable in any case.
+    lacking = [str(it.path) for it in items if it.name not in boxes and sizes[it.name]]
+    if lacking:
+        more = f" and {len(lacking) - 5} more" if len(lacking) > 5 else ""
+        raise BatchError(
+            f"boxes file {str(path)!r} has no box for {len(lacking)} of the {len(items)} "
+            f"images: {', '.join(lacking[:5])}{more}; every image needs one row"
+        )
+    return boxes
+
+
+def _match(
+    text: str,
+    folder: Path,
+    by_path: Mapping[Path, Item],
+    keys: Mapping[str, list[Item]],
+    where: str,
+    n: int,
+) -> Item:
+    """The input a CSV's ``file`` cell names (see :func:`load_annotations`)."""
+    candidates = [Path(text)] if Path(text).is_absolute() else [Path(text), folder / text]
+    for c in candidates:
+        if c.is_file() and c.resolve() in by_path:
+            return by_path[c.resolve()]
+    found = keys.get(text.replace("\\", "/"), [])
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        raise BatchError(
+            f"{where}: {text!r} names {len(found)} inputs ({', '.join(str(i.path) for i in found)});"
+            f" give the path"
+        )
+    raise BatchError(
+        f"{where} names {text!r}, which is not among the {n} input images; name an image by its "
+        f"path, its path relative to the input folder, or its file name"
+    )
+
+
+def _find_masks(
+    items: Sequence[Item], folder: Path, sizes: Mapping[str, tuple[int, int] | None]
+) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise BatchError(f"masks folder {str(folder)!r} does not exist")
+    stems: dict[str, int] = {}
+    for item in items:
+        stems[item.path.stem] = stems.get(item.path.stem, 0) + 1
+    found: dict[str, Path] = {}
+    lacking: list[str] = []
+    for item in items:
+        tried = [folder / f"{item.name}.png"]
+        if stems[item.path.stem] == 1 and item.name != item.path.stem:
+            tried.append(folder / f"{item.path.stem}.png")
+        mask = next((p for p in tried if p.is_file()), None)
+        if mask is None and sizes[item.name] is None:
+            continue  # unreadable: it fails as such, mask or not
+        if mask is None:
+            lacking.append(f"{str(item.path)!r} (looked for {', '.join(map(str, tried))})")
+            continue
+        try:
+            mask_hw = image_size(mask)
+        except Exception as exc:  # noqa: BLE001
+            raise BatchError(
+                f"mask {str(mask)!r} of {str(item.path)!r} cannot be read: {type(exc).__name__}: "
+                f"{exc}"
+            ) from None
+        size = sizes[item.name]
+        if size is not None and mask_hw != size:
+            raise BatchError(
+                f"mask {str(mask)!r} is (H, W) = {mask_hw} but its image {str(item.path)!r} is "
+                f"{size}: a mask must have the size of its image (as shown, after EXIF rotation)"
+            )
+        found[item.name] = mask
+    if lacking:
+        more = f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
+        raise BatchError(
+            f"masks folder {str(folder)!r} has no mask for {len(lacking)} of the {len(items)} "
+            f"images: {'; '.join(lacking[:3])}{more}; every image needs a PNG mask"
+        )
+    return found
+
+
 def image_loader(
     todo: Sequence[Item],
     preprocess: Callable[[torch.Tensor], torch.Tensor],
@@ -418,9 +701,11 @@ class Job:
 
     Attributes:
         compute: ``(inputs on the device, batch) -> result``, in the main thread under the
-            run's autocast. A :class:`~camlib.errors.CamlibError` before any image was
-            processed stops the run (the settings do not fit the model); any later error
-            fails the batch's images only.
+            run's autocast (``batch`` also holds ``items``, ``images`` and, with
+            :class:`Annotations`, ``boxes`` and ``masks`` at the input's size). A
+            :class:`~camlib.errors.CamlibError` before any image was processed stops the
+            run (the settings do not fit the model); any later error fails the batch's
+            images only.
         outputs: ``(items, batch, result) -> [task per image]``, built in the main thread
             (torch work belongs here); each task runs on a writer thread, writes the
             image's files (its record last) and returns its rows.
@@ -439,6 +724,8 @@ class Job:
     desc: str = "processing"
     folders: tuple[str, ...] = ()
     """Output subfolders created up front."""
+    stats: Callable[[], dict] | None = None
+    """Extra per-rank facts gathered with the rows (in ``summary.per_rank``)."""
 
 
 def _progress(total: int, enabled: bool | None, world: int, desc: str):
@@ -513,6 +800,7 @@ def process_batches(
                 rows.append(job.failed_row(todo[i], "unreadable", message))
             if batch["inputs"] is not None:
                 items = [todo[i] for i in batch["index"]]
+                batch["items"] = items
                 try:
                     x = batch["inputs"].to(device, non_blocking=True)
                     with autocast:
@@ -531,7 +819,8 @@ def process_batches(
             bar.update(len(batch["index"]) + len(batch["failed"]))
         drain(0)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        # Interrupted or not, every image computed so far gets its files and record.
+        pool.shutdown(wait=True)
         bar.close()
     summary.seconds = time.perf_counter() - started
     # A write that failed turns a processed image into a failure.
@@ -542,10 +831,13 @@ def process_batches(
 
 
 # -- 6. merging ---------------------------------------------------------------------------------
-def merge_rows(rows: list[dict], summary: RunSummary, world: int) -> None:
-    """Gather every rank's rows and counts into ``summary`` (rows sorted by file, then
-    rank; the failed images listed once each)."""
+def merge_rows(
+    rows: list[dict], summary: RunSummary, world: int, extra: dict | None = None
+) -> None:
+    """Gather every rank's rows, counts (and ``extra``) into ``summary``: rows sorted by
+    file, then rank; the failed images listed once each."""
     stats = {"explained": summary.explained, "resumed": summary.resumed, "seconds": summary.seconds}
+    stats.update(extra or {})
     parts = _gather((rows, stats), world)
     all_rows = [row for part_rows, _ in parts for row in part_rows]
     summary.per_rank = [s for _, s in parts]
@@ -586,7 +878,7 @@ def run_dataset(
         loader = image_loader(todo, preprocess, channels, batch_size, workers, device, annotate)
         bar = _progress(len(todo), progress if rank == 0 else False, world, job.desc)
         rows = done + process_batches(loader, todo, job, device, summary, amp=amp, bar=bar)
-        merge_rows(rows, summary, world)
+        merge_rows(rows, summary, world, job.stats() if job.stats else None)
         if rank == 0:
             job.finish(summary)
         if world > 1:
