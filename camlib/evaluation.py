@@ -63,6 +63,7 @@ __all__ = [
     "DEFAULT_OPTIONS",
     "DEFAULT_REEXPLAIN_BUDGET",
     "LOCALISATION_METRICS",
+    "RANKING_CATEGORIES",
     "Evaluator",
     "Leaderboard",
     "bootstrap_interval",
@@ -105,6 +106,9 @@ DEFAULT_REEXPLAIN_BUDGET = 2
 ``metric_options`` names it (``max_sensitivity``, 10 by default, is left out)."""
 
 _REEXPLAIN_CATEGORIES = ("sanity", "robustness")
+
+RANKING_CATEGORIES = ("faithfulness", "localisation")
+"""The categories whose metrics order the leaderboard (see :class:`Leaderboard`)."""
 
 
 def _key(name: str) -> str:
@@ -896,6 +900,22 @@ def _decimals(values: Iterable[float]) -> int:
     return 3 if top < 10 else 2 if top < 100 else 1 if top < 1000 else 0
 
 
+def _ranking(metrics: Sequence[Metric]) -> list[Metric]:
+    """The metrics whose ranks order the leaderboard (see :class:`Leaderboard`)."""
+    return (
+        [m for m in metrics if m.category in RANKING_CATEGORIES]
+        or [m for m in metrics if m.category != "cost"]
+        or list(metrics)
+    )
+
+
+def _order_note(metrics: Sequence[Metric]) -> str:
+    ranked = _ranking(metrics)
+    shown = [m.name for m in metrics if m not in ranked]
+    note = f"sorted by mean rank over {', '.join(m.name for m in ranked)}"
+    return note + (f" ({', '.join(shown)}: shown, not ranked)" if shown else "")
+
+
 def _wrap_header(name: str, arrow: str, width: int) -> tuple[str, str]:
     """A column header as two lines, ``name + arrow`` split after an underscore when it is
     wider than the column's cells (``"increase_in_"``, ``"confidence ↑"``)."""
@@ -909,11 +929,15 @@ def _wrap_header(name: str, arrow: str, width: int) -> tuple[str, str]:
 class Leaderboard:
     """Methods ranked by every metric: means, 95 % bootstrap intervals, per-image rows.
 
-    **Order**: each quality metric (every category but ``cost``) ranks the rows by their
-    mean, in the metric's direction (1 = best, ties share the mean rank; a row without a
-    value for that metric is left out of it); rows are sorted by the mean of their ranks
-    (ties keep the run's order). Cost is shown, not ranked: a map is not more trustworthy
-    for being cheap. With only cost metrics, those rank.
+    **Order**: each ranking metric (:data:`RANKING_CATEGORIES`: faithfulness and
+    localisation) ranks the rows by their mean, in the metric's direction (1 = best, ties
+    share the mean rank; a row without a value for that metric is left out of it); rows are
+    sorted by the mean of their ranks (ties keep the run's order). The other categories are
+    shown, not ranked: a map that ignores the model wins them (the random baseline passes
+    every sanity check, the Gaussian blob is perfectly robust), complexity is a preference
+    rather than correctness, and a map is not more trustworthy for being cheap. Without a
+    faithfulness or localisation metric, every non-cost metric ranks (every metric, if
+    only cost is measured).
 
     Attributes:
         per_image: the rows, one per (image, method).
@@ -964,7 +988,7 @@ class Leaderboard:
                 entry.update({m.name: mean, f"{m.name}_lo": lo, f"{m.name}_hi": hi})
                 entry[f"{m.name}_n"] = n
             summary.append(entry)
-        ranked = [m for m in metrics if m.category != "cost"] or list(metrics)
+        ranked = _ranking(metrics)
         ranks = torch.full((len(summary), max(len(ranked), 1)), math.nan, dtype=torch.float64)
         for j, m in enumerate(ranked):
             means = torch.tensor([e[m.name] for e in summary], dtype=torch.float64)
@@ -1058,12 +1082,10 @@ class Leaderboard:
             ).rstrip()
 
         rule = "-" * max(len(line(top)), len(line(bottom)))
-        ranked = "quality metrics" if any(m.category != "cost" for m in self.metrics) else "metrics"
         notes = [
             f"mean over images ± half the 95% bootstrap interval ({self.n_boot} resamples); "
             f"* best in column; ↑/↓ higher/lower is better",
-            f"sorted by mean rank over the {ranked}"
-            + ("; cost is shown, not ranked" if ranked == "quality metrics" else ""),
+            _order_note(self.metrics),
         ]
         if self.dropped:
             notes.append("dropped (raised on this model): " + ", ".join(self.dropped))
@@ -1094,8 +1116,7 @@ class Leaderboard:
         lines.append("")
         lines.append(
             "Mean over images [95% percentile bootstrap interval]; best per column in bold; "
-            "↑/↓: higher/lower is better; rows sorted by mean rank over the quality metrics "
-            "(cost not ranked)."
+            f"↑/↓: higher/lower is better; {_order_note(self.metrics)}."
         )
         return "\n".join(lines) + "\n"
 

@@ -128,9 +128,9 @@ def test_leaderboard_summary_order_and_text_by_hand(reg):
 
     metrics = [metric_of("t_up"), metric_of("t_down"), metric_of("t_cost")]
     table = {  # method: (t_up, t_down, t_cost) for images 0, 1, 2
-        "a": ([0.2, 0.4, math.nan], [0.5, 0.5, 0.5], [9.0, 9.0, 9.0]),
+        "a": ([0.2, 0.4, math.nan], [0.95, 0.95, 0.95], [9.0, 9.0, 9.0]),
         "b": ([0.9, 0.7, 0.8], [0.3, 0.1, 0.2], [1.0, 1.0, 1.0]),
-        "random": ([0.1, 0.1, 0.1], [0.9, 0.9, 0.9], [0.0, 0.0, 0.0]),
+        "random": ([0.1, 0.1, 0.1], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]),
     }
     rows = [
         {"image": i, "method": m, "class": 0, "t_up": u[i], "t_down": d[i], "t_cost": c[i]}
@@ -138,10 +138,11 @@ def test_leaderboard_summary_order_and_text_by_hand(reg):
         for i in range(3)
     ]
     board = Leaderboard.from_rows(rows, metrics, seed=1, n_boot=500)
-    assert board.methods == ["b", "a", "random"]  # cost (where random is best) is not ranked
+    # only faithfulness ranks: by mean rank over all three random (3, 1, 1) would pass a (2, 3, 3)
+    assert board.methods == ["b", "a", "random"]
     a = next(e for e in board.summary if e["method"] == "a")
     assert a["t_up"] == pytest.approx(0.3) and a["t_up_n"] == 2 and a["t_down_n"] == 3
-    assert a["t_down_lo"] == a["t_down_hi"] == pytest.approx(0.5)
+    assert a["t_down_lo"] == a["t_down_hi"] == pytest.approx(0.95)
     assert a["mean_rank"] == 2.0 and board.summary[0]["mean_rank"] == 1.0
     assert board.summary[2]["baseline"] and not board.summary[0]["baseline"]
     text = str(board)
@@ -150,9 +151,11 @@ def test_leaderboard_summary_order_and_text_by_hand(reg):
     assert lines[1].split()[4:] == ["t_up", "↑", "t_down", "↓", "t_cost", "↓"]
     assert lines[3].split()[:4] == ["1", "b", "3", "1.00"] and "0.800 ±" in lines[3]
     assert "random (baseline)" in lines[5]
-    assert lines[3].count("*") == 2 and lines[5].count("*") == 1  # best per column
+    assert lines[3].count("*") == 1 and lines[5].count("*") == 2  # best per column
+    assert lines[-1] == "sorted by mean rank over t_up (t_down, t_cost: shown, not ranked)"
     assert board.best_worst("b", "t_up", 1) == ([0], [1])
     assert board.best_worst("b", "t_down", 2) == ([1, 2], [0, 2])
+    assert board.best_worst("random", "t_down", 0) == ([], [])
     assert board.best_worst("a", "t_up", 5) == ([1, 0], [0, 1])  # the NaN image left out
     # same seed, same intervals; the per-cell generator makes them independent of order
     again = Leaderboard.from_rows(list(reversed(rows)), metrics, seed=1, n_boot=500)
