@@ -56,3 +56,24 @@ __all__ += [
     "SegEigenCAM",
     "ShapleyCAM",
 ]
+
+# round 2 (b)
+from .finercam import FinerCAM  # noqa: E402
+from .iscam import ISCAM  # noqa: E402
+from .legrad import LeGrad  # noqa: E402
+from .refinecam import RefineCAM  # noqa: E402
+from .sess import SESS  # noqa: E402
+from .smoothgradcampp import SmoothGradCAMPlusPlus  # noqa: E402
+from .sscam import SSCAM  # noqa: E402
+from .wrapped import WrappedCAM  # noqa: E402
+
+__all__ += [
+    "ISCAM",
+    "SESS",
+    "SSCAM",
+    "FinerCAM",
+    "LeGrad",
+    "RefineCAM",
+    "SmoothGradCAMPlusPlus",
+    "WrappedCAM",
+]
