@@ -42,6 +42,11 @@ PAGES = [
     "models/detection.md",
     "models/signals_volumes.md",
     "models/binary.md",
+    "metrics/faithfulness.md",
+    "metrics/localisation.md",
+    "metrics/sanity.md",
+    "metrics/robustness.md",
+    "metrics/complexity.md",
 ]
 
 _BLOCK = re.compile(
