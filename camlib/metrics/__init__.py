@@ -23,8 +23,24 @@ Categories (one module each): :mod:`~camlib.metrics.faithfulness`,
 from __future__ import annotations
 
 from . import complexity, cost, faithfulness, localisation, robustness, sanity
-from .faithfulness import auc, deletion_curve, gaussian_blur, insertion_curve
-from .localisation import box_area_fraction, box_energy_fraction, boxes_from_masks, pointing_game
+from .complexity import entropy, gini_index
+from .faithfulness import (
+    auc,
+    cam_mult_scores,
+    deletion_curve,
+    faithfulness_correlation,
+    gaussian_blur,
+    insertion_curve,
+    noisy_linear_imputation,
+    road_curve,
+)
+from .localisation import (
+    box_area_fraction,
+    box_energy_fraction,
+    boxes_from_masks,
+    masks_from_boxes,
+    pointing_game,
+)
 from .registry import (
     CATEGORIES,
     METRICS,
@@ -35,9 +51,19 @@ from .registry import (
     get_metric,
     register,
 )
-from .sanity import average_ranks, rank_correlation
+from .robustness import max_sensitivity
+from .sanity import average_ranks, rank_correlation, ssim
 
 __all__ = [
+    "ssim",
+    "road_curve",
+    "noisy_linear_imputation",
+    "max_sensitivity",
+    "masks_from_boxes",
+    "gini_index",
+    "faithfulness_correlation",
+    "entropy",
+    "cam_mult_scores",
     "CATEGORIES",
     "METRICS",
     "NEEDS",
