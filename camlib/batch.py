@@ -1,4 +1,10 @@
-"""Explaining a dataset of image files: the library function behind ``camlib explain``.
+"""Explaining and evaluating datasets of image files: the library functions behind
+``camlib explain`` (:func:`explain_files`) and ``camlib evaluate`` (:func:`evaluate_files`).
+
+Both are short compositions of the stages in :mod:`camlib.pipeline` (collect the files,
+shard them over torchrun ranks, skip those whose record matches, decode them in
+DataLoader workers, process each batch, merge every rank's rows); each supplies only its
+:class:`~camlib.pipeline.Job`: what to compute on a batch and which files to write.
 
 :func:`explain_files` reads the images with a :class:`torch.utils.data.DataLoader`
 (decoding and resizing in worker processes, overlapping the model), explains them in
@@ -26,6 +32,10 @@ Under ``torchrun`` (``WORLD_SIZE`` > 1) the images are sharded by rank with
 share, and rank 0 writes the merged ``results.csv`` and ``index.html`` once every rank has
 sent it its rows. The output folder must be visible to every rank (a shared file system
 on a cluster) for the gallery to show every image; the CSV is complete in any case.
+
+:func:`evaluate_files` scores the same way with :class:`camlib.evaluation.Evaluator` (see
+its docstring for the files it writes); its boxes and masks are read and checked by
+:func:`camlib.pipeline.load_annotations` before any forward pass.
 """
 
 from __future__ import annotations
@@ -49,6 +59,7 @@ from .pipeline import (
     BOX_COLUMNS,
     IMAGE_EXTENSIONS,
     RECORD_VERSION,
+    Annotations,
     BatchError,
     ImageFiles,
     Item,
@@ -285,31 +296,7 @@ def explain_files(
         "fingerprint": key,
     }
 
-    def outputs(items: list[Item], batch: dict, results: list) -> list[Callable[[], list[dict]]]:
-        layer_used = _layer_name(explainer)
-        tasks = []
-        for j, item in enumerate(items):
-            size = tuple(batch["images"][j].shape[:2])
-            per = [
-                (_full_map(m[j], size, raw_maps, signed), int(c[j]), float(s[j]))
-                for m, c, s in results
-            ]
-            tasks.append(partial(_write_image, item, batch["images"][j], per, layer_used, context))
-        return tasks
-
-    def finish(summary: RunSummary) -> None:
-        write_csv(out / "results.csv", summary.rows)
-        write_gallery(out / "index.html", summary.rows, title=title)
-
-    job = Job(
-        compute=lambda x, batch: _explain_batch(explainer, model, x, kind, k, raw_maps),
-        outputs=outputs,
-        failed_row=lambda item, status, message: _failed_row(item, status, message, cls.name),
-        complete=lambda item: _complete(out, item, key),
-        finish=finish,
-        desc="explaining",
-        folders=("overlays", "maps", "thumbs", "records"),
-    )
+    job = _explain_job(explainer, model, context, kind, title)
     return run_dataset(
         items,
         out,
@@ -322,6 +309,38 @@ def explain_files(
         resume=resume,
         amp=amp,
         progress=progress,
+    )
+
+
+def _explain_job(explainer: Any, model: nn.Module, ctx: dict, kind: str, title: str) -> Job:
+    """What ``camlib explain`` does with a batch: explain it (every rank of ``top-k``),
+    bring each map to its image's size, write maps, overlays, thumbnails and records; at
+    the end ``results.csv`` and ``index.html``."""
+    out, k, raw, signed = ctx["out"], ctx["k"], ctx["raw"], ctx["signed"]
+
+    def outputs(items: list[Item], batch: dict, results: list) -> list[Callable[[], list[dict]]]:
+        layer_used = _layer_name(explainer)
+        tasks = []
+        for j, item in enumerate(items):
+            size = tuple(batch["images"][j].shape[:2])
+            per = [
+                (_full_map(m[j], size, raw, signed), int(c[j]), float(s[j])) for m, c, s in results
+            ]
+            tasks.append(partial(_write_image, item, batch["images"][j], per, layer_used, ctx))
+        return tasks
+
+    def finish(summary: RunSummary) -> None:
+        write_csv(out / "results.csv", summary.rows)
+        write_gallery(out / "index.html", summary.rows, title=title)
+
+    return Job(
+        compute=lambda x, batch: _explain_batch(explainer, model, x, kind, k, raw),
+        outputs=outputs,
+        failed_row=lambda item, status, message: _failed_row(item, status, message, ctx["method"]),
+        complete=lambda item: _complete(out, item, ctx["fingerprint"]),
+        finish=finish,
+        desc="explaining",
+        folders=("overlays", "maps", "thumbs", "records"),
     )
 
 
@@ -554,6 +573,38 @@ def evaluate_files(
             "settings": {str(a): repr(b) for a, b in (settings or {}).items()},
         }
     )
+    job = _evaluation_job(ev, out, key, notes, target, main, items, channels, seed, n_boot, title)
+    return run_dataset(
+        items,
+        out,
+        job,
+        preprocess=preprocess,
+        channels=channels,
+        device=dev,
+        batch_size=batch_size,
+        workers=workers,
+        resume=resume,
+        progress=progress,
+        annotate=notes if notes else None,
+    )
+
+
+def _evaluation_job(
+    ev: Any,
+    out: Path,
+    key: str,
+    notes: Annotations,
+    target: int | None,
+    primary: str,
+    items: Sequence[Item],
+    channels: int,
+    seed: int,
+    n_boot: int,
+    title: str,
+) -> Job:
+    """What ``camlib evaluate`` does with a batch: score it with the evaluator (boxes and
+    masks at the input's size), write each image's map previews and record; at the end
+    the leaderboard files, ``failed.csv`` and ``report.html`` (:func:`_finish_evaluation`)."""
     by_id = {str(item.path): item for item in items}
 
     def compute(x: torch.Tensor, batch: dict) -> tuple[list[dict], dict[str, torch.Tensor]]:
@@ -561,7 +612,7 @@ def evaluate_files(
         boxes_, masks_ = batch.get("boxes"), batch.get("masks")
         return ev.score(x, target, boxes_, masks_, image_ids=ids, return_maps=True)
 
-    def outputs(items_: list[Item], batch: dict, result: tuple) -> list[Callable[[], list[dict]]]:
+    def outputs(done: list[Item], batch: dict, result: tuple) -> list[Callable[[], list[dict]]]:
         rows, maps = result
         names = list(maps)
         small = _previews(torch.stack([maps[n] for n in names], 1))  # (N, M, h, w) uint8
@@ -579,7 +630,7 @@ def evaluate_files(
                 small[j],
                 mine.get(str(item.path), []),
             )
-            for j, item in enumerate(items_)
+            for j, item in enumerate(done)
         ]
 
     def complete(item: Item) -> list[dict] | None:
@@ -591,30 +642,17 @@ def evaluate_files(
         return record["rows"]
 
     def finish(summary: RunSummary) -> None:
-        _finish_evaluation(summary, ev, main, by_id, channels, seed, n_boot, title)
+        _finish_evaluation(summary, ev, primary, by_id, channels, seed, n_boot, title)
 
-    job = Job(
+    return Job(
         compute=compute,
         outputs=outputs,
-        failed_row=lambda item, status, message: _failed_score(item, status, message),
+        failed_row=_failed_score,
         complete=complete,
         finish=finish,
         desc="evaluating",
         folders=("records", "previews"),
         stats=lambda: {"dropped": dict(ev.dropped)},
-    )
-    return run_dataset(
-        items,
-        out,
-        job,
-        preprocess=preprocess,
-        channels=channels,
-        device=dev,
-        batch_size=batch_size,
-        workers=workers,
-        resume=resume,
-        progress=progress,
-        annotate=notes if notes else None,
     )
 
 
