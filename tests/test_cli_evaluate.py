@@ -62,9 +62,9 @@ def work(tmp_path_factory) -> Path:
     """A tiny model package, two PNGs, a JPEG in a subfolder, a corrupt PNG, a boxes CSV and
     a masks folder (nested for a and b, flat by stem for c)."""
     root = tmp_path_factory.mktemp("evaluate")
-    (root / "tinypkg").mkdir()
-    (root / "tinypkg" / "__init__.py").write_text("")
-    (root / "tinypkg" / "nets.py").write_text(TINY)
+    (root / "evaltiny").mkdir()
+    (root / "evaltiny" / "__init__.py").write_text("")
+    (root / "evaltiny" / "nets.py").write_text(TINY)
     rng = np.random.default_rng(0)
     for name, (h, w) in SIZES.items():
         path = root / "images" / name
@@ -122,7 +122,7 @@ def read_csv(path: Path) -> list[dict]:
 def load_tiny(work: Path) -> nn.Module:
     sys.path.insert(0, str(work))
     try:
-        from tinypkg.nets import build  # noqa: PLC0415
+        from evaltiny.nets import build  # noqa: PLC0415
     finally:
         sys.path.remove(str(work))
     return build()
@@ -153,7 +153,7 @@ class Counting(nn.Module):
 # -- end to end ---------------------------------------------------------------------------------
 def test_evaluate_end_to_end_with_boxes(work: Path, capsys) -> None:
     metrics = "deletion,sparseness," + ",".join(PROBES)
-    argv = ["evaluate", "tinypkg.nets:build", "images", "--out", "ev", "--boxes", "boxes.csv"]
+    argv = ["evaluate", "evaltiny.nets:build", "images", "--out", "ev", "--boxes", "boxes.csv"]
     code = in_dir(work, [*argv, *FAST, "--metrics", metrics, "-b", "4"])
     out = capsys.readouterr().out
     assert code == 1  # broken.png failed, every other image was scored
@@ -227,7 +227,7 @@ def test_evaluate_end_to_end_with_boxes(work: Path, capsys) -> None:
 
 
 def test_plan_prints_and_runs_nothing(work: Path, capsys) -> None:
-    argv = ["evaluate", "tinypkg.nets:build", "images", "--out", "planned", *FAST, "--plan"]
+    argv = ["evaluate", "evaltiny.nets:build", "images", "--out", "planned", *FAST, "--plan"]
     assert in_dir(work, [*argv, "--metrics", "deletion"]) == 0
     text = capsys.readouterr().out
     assert "gradcam" in text and "deletion" in text
@@ -331,7 +331,7 @@ def test_masks_read_resized_and_scored(work: Path, capsys) -> None:
     # b: rows 10..19 (i with 10 <= (i + .5) * 33/24 < 20: i = 7..14) x columns 5..8
     # (5 <= (j + .5) * 33/24 < 9: j = 4..6; j = 3 samples column 4.8 -> 4, outside).
     want = {"a.png": 12 * 24, "b.png": 8 * 3, "sub/c.jpg": 24 * 12}
-    argv = ["evaluate", "tinypkg.nets:build", *[f"images/{n}" for n in SIZES], "--out", "mk"]
+    argv = ["evaluate", "evaltiny.nets:build", *[f"images/{n}" for n in SIZES], "--out", "mk"]
     assert in_dir(work, [*argv, "--masks", "masks", *FAST, "--metrics", "tmask_area"]) == 0
     capsys.readouterr()
     for r in read_csv(work / "mk" / "per_image.csv"):
@@ -395,7 +395,7 @@ def test_bad_settings_stop_before_any_forward_pass(work: Path, capsys) -> None:
             evaluate_files(net, images, work / "bad", **{**common, **kw})
     assert net.images == 0 and not (work / "bad").exists()
     # The command line says the same and exits with 2.
-    argv = ["evaluate", "tinypkg.nets:build", "images/a.png", "--out", "bad", *FAST]
+    argv = ["evaluate", "evaltiny.nets:build", "images/a.png", "--out", "bad", *FAST]
     assert in_dir(work, [*argv, "--metrics", "pointing_game"]) == 2
     assert "--boxes FILE.csv" in capsys.readouterr().err
     assert in_dir(work, [*argv, "--option", "nope=1"]) == 2
@@ -407,7 +407,7 @@ def test_bad_settings_stop_before_any_forward_pass(work: Path, capsys) -> None:
 
 # -- torchrun -------------------------------------------------------------------------------------
 def test_torchrun_two_processes_match_one(work: Path) -> None:
-    args = ["evaluate", "tinypkg.nets:build", "images", *FAST, "--metrics", "deletion", "-b", "1"]
+    args = ["evaluate", "evaltiny.nets:build", "images", *FAST, "--metrics", "deletion", "-b", "1"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(work))
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "camlib"]
@@ -429,3 +429,19 @@ def test_torchrun_two_processes_match_one(work: Path) -> None:
             assert float(a["deletion"]) == pytest.approx(float(b["deletion"]), rel=1e-6)
     records = sorted(p.name for p in (work / "two" / "records").rglob("*.json"))
     assert records == ["a.json", "b.json", "c.json"]
+
+
+def test_method_options_go_to_the_methods_that_take_them() -> None:
+    parse = cli._dotted_option
+    assert parse("gradcam++.batch_size=8") == ("gradcam++", "batch_size", 8)
+    assert parse("fuse=max") == ("", "fuse", "max")
+    pairs = [parse("batch_size=8"), parse("gradcam.fuse='max'")]
+    # batch_size goes to the perturbation methods only; a named option to its method.
+    options = cli._method_options(pairs, ["gradcam", "scorecam", "ablationcam"])
+    assert options == {
+        "scorecam": {"batch_size": 8},
+        "ablationcam": {"batch_size": 8},
+        "gradcam": {"fuse": "max"},
+    }
+    with pytest.raises(BatchError, match="none of the methods evaluated \\(gradcam\\) takes"):
+        cli._method_options([parse("batch_size=8")], ["gradcam"])
