@@ -40,7 +40,6 @@ import camlib
 from camlib.methods.dff import nmf
 from camlib.methods.eigencam import first_component
 from camlib.methods.fullgrad import effective_bias
-from camlib.targets import check_targets
 
 from conftest import SmallConvNet, left_alone
 
@@ -58,7 +57,15 @@ def model(name: str) -> nn.Module:
     """A seeded float64 model in eval mode (shared: tests must not change it)."""
     torch.manual_seed(0)
     if name == "resnet18":
-        return torchvision.models.resnet18(weights=None, num_classes=10).double().eval()
+        net = torchvision.models.resnet18(weights=None, num_classes=10).double().eval()
+        with torch.no_grad():  # fresh batch norms add nothing (mean 0, var 1, beta 0)
+            for m in net.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.2, 0.2)
+                    m.running_mean.uniform_(-0.2, 0.2)
+                    m.running_var.uniform_(0.5, 1.5)
+        return net
     if name == "smooth":
         return SmoothNet().double().eval()
     return SmallConvNet(1, 10).double().eval()
@@ -567,9 +574,12 @@ def test_fullgrad_completeness(name):
     net, x = model(name), inputs(name)
     fg = camlib.METHODS["fullgrad"](net)
     with left_alone(net):
-        parts = fg.decompose(x, check_targets([3, 7], 2))
+        parts = fg.decompose(x, [3, 7])
     assert [t.name for t in parts.bias_terms if not t.spatial] == ["fc"]
     torch.testing.assert_close(parts.total(), parts.scores, rtol=1e-10, atol=1e-10)
+    with torch.no_grad():  # the caller's grad mode does not matter
+        again = fg.decompose(x, [3, 7])
+    torch.testing.assert_close(again.total(), parts.total(), rtol=0, atol=0)
     expected = net(x)[[0, 1], [3, 7]]
     torch.testing.assert_close(parts.scores, expected.detach(), rtol=1e-12, atol=1e-12)
     # the terms are the ones computed here by hand
@@ -577,6 +587,7 @@ def test_fullgrad_completeness(name):
     torch.testing.assert_close(parts.input_term, xg, rtol=1e-10, atol=1e-12)
     spatial = [t.term for t in parts.bias_terms if t.spatial]
     assert len(spatial) == len(terms) == (20 if name == "resnet18" else 3)
+    assert all(float(t.abs().max()) > 0 for t in terms), "a layer adds nothing: a weak case"
     for ours, ref in zip(spatial, terms, strict=True):
         torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-14)
 

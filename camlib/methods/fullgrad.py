@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..base import Explainer, LayerError, register
+from ..base import Explainer, LayerError, _as_args, register
+from ..inputs import check_inputs
 from ..layers import LayerSpec
 from ..maps import normalize_minmax, upsample
-from ..targets import Targets
+from ..targets import Targets, check_targets
 from .families import work
 
 _CONV = (
@@ -181,9 +183,26 @@ class FullGrad(Explainer):
             )
         super().__init__(model, None, **options)
 
-    def decompose(self, inputs: torch.Tensor, targets: Targets) -> FullGradients:
-        """The full-gradient decomposition of the scores of a checked batch on the model's
-        device (called by :meth:`attribute`; use it to check completeness)."""
+    def decompose(
+        self, inputs: torch.Tensor, targets: Targets = None, *, additional_forward_args: Any = None
+    ) -> FullGradients:
+        """The full-gradient decomposition of the scores of a batch (same arguments as a
+        call): check completeness with ``parts.total()`` against ``parts.scores``."""
+        with self._lock:
+            self.classes = self.scores = None
+            inputs = check_inputs(self.model, inputs, self._first_conv)
+            targets = check_targets(targets, inputs.shape[0])
+            self._forward_args = _as_args(additional_forward_args)
+            try:
+                with torch.inference_mode(False), torch.enable_grad():
+                    return self._decompose(
+                        inputs.clone() if inputs.is_inference() else inputs, targets
+                    )
+            finally:
+                self._forward_args = ()
+
+    def _decompose(self, inputs: torch.Tensor, targets: Targets) -> FullGradients:
+        """:meth:`decompose` for a checked batch on the model's device."""
         hooks = _BiasHooks(self.model)
         try:
             cap = self.forward(inputs, targets, layers=[])
@@ -214,7 +233,7 @@ class FullGrad(Explainer):
         return FullGradients(input_term, terms, scores.detach())  # type: ignore[union-attr]
 
     def attribute(self, inputs: torch.Tensor, targets: Targets) -> torch.Tensor:
-        parts = self.decompose(inputs, targets)
+        parts = self._decompose(inputs, targets)
         size = tuple(inputs.shape[2:])
         total = _psi_sum(parts.input_term)
         for t in parts.bias_terms:

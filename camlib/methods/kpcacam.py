@@ -72,7 +72,7 @@ class KPCACAM(ActivationCAM):
     :math:`\gamma = 1/C` unless given, :math:`c_0 = 1`, :math:`d = 3`. Where
     :math:`\lambda_1 \le 0` (e.g. a constant map) the map is 0. Karmani et al.,
     "KPCA-CAM: Visual Explainability of Deep Computer Vision Models using Kernel PCA",
-    MMSP 2024; the same computation as pytorch-grad-cam's ``KPCA_CAM``. Class-agnostic.
+    2024; the same computation as pytorch-grad-cam's ``KPCA_CAM``. Class-agnostic.
     Costs one forward pass plus, per image, a P x P kernel and its eigen-decomposition in
     float64 (P positions: cheap at 7x7 or 14x14, O(P^3) beyond).
 

@@ -1,4 +1,4 @@
-"""Shapley-CAM (Cai et al., 2024, "CAMs as Shapley Value-based Explainers")."""
+"""Shapley-CAM (Cai et al., "CAMs as Shapley Value-based Explainers", arXiv:2501.06261, 2025)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class ShapleyCAM(GradientCAM):
               H = \frac{\partial^2 y}{\partial A\,\partial A}
 
     The weights are the spatial mean of the channel's approximate Shapley value, from a
-    second-order Taylor expansion of the score around the activation (Cai et al., 2024,
+    second-order Taylor expansion of the score around the activation (Cai et al., 2025,
     arXiv:2501.06261); pytorch-grad-cam's ``ShapleyCAM`` computes the same. :math:`HA` is
     one Hessian-vector product: the gradient is taken with ``create_graph=True`` on the
     graph recorded from the layer on (nothing before it), then differentiated once more
