@@ -506,8 +506,8 @@ def evaluate_files(
     ``report.html`` (:func:`camlib.report.write_report`).
 
     Args:
-        model, inputs, out, preprocess, channels, batch_size, workers, device, resume,
-            settings: as for :func:`explain_files`.
+        model, inputs, out, preprocess, channels, batch_size, workers, device, resume, settings: as
+            for :func:`explain_files`.
         methods, metrics, layer, seed, method_options, metric_options: see
             :class:`~camlib.evaluation.Evaluator`.
         targets: ``"top"`` (each image's top class) or a class index.

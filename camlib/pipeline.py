@@ -641,7 +641,7 @@ def image_loader(
     device: torch.device,
     annotate: Callable[[Item, torch.Tensor, torch.Tensor], dict] | None = None,
 ) -> torch.utils.data.DataLoader:
-    """Batches of decoded images (dicts, see :func:`_collate`), decoded in ``workers``
+    """Batches of decoded images (dicts of stacked tensors and per-image fields), decoded in ``workers``
     processes (0: in this one)."""
     return torch.utils.data.DataLoader(
         ImageFiles(todo, preprocess, channels, annotate),
