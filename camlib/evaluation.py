@@ -635,6 +635,7 @@ class Evaluator:
 
     @property
     def rows_names(self) -> list[str]:
+        """Method rows in order (without those dropped after raising), the baselines last."""
         return [r.name for r in self._rows if r.name not in self.dropped]
 
     def _drop(self, name: str, error: BaseException) -> None:
@@ -1020,7 +1021,8 @@ class Leaderboard:
             if _key(m.name) == _key(name):
                 return m
         raise MetricError(
-            f"no metric {name!r} in this leaderboard; it has {', '.join(m.name for m in self.metrics)}"
+            f"no metric {name!r} in this leaderboard; it has "
+            f"{', '.join(m.name for m in self.metrics)}"
         )
 
     def _best(self, m: Metric) -> float:
@@ -1161,7 +1163,8 @@ class Leaderboard:
                 )
             ax.set_yticks(range(len(entries)), [e["method"] for e in entries])
             ax.invert_yaxis()
-            ax.set_title(f"{m.name} ({'↑ higher' if m.higher_is_better else '↓ lower'} is better)")
+            better = "↑ higher" if m.higher_is_better else "↓ lower"
+            ax.set_title(f"{m.name} ({better} is better)")
             ax.grid(axis="x", alpha=0.3)
         for ax in axes[k:]:
             ax.set_visible(False)

@@ -412,7 +412,8 @@ def test_save_writes_csv_markdown_and_figure(basic, tmp_path):
     assert len(per_image) == 4 * 4 and per_image[0].keys() >= {"image", "method", "class", "t_mean"}
     md = paths["markdown"].read_text(encoding="utf-8")
     assert md == board.to_markdown()
-    assert "| t_mean ↓ | t_forwards ↓ | t_ms ↓ |" in md and "**" in md and "*(baseline)*" in md
+    assert "| t_mean ↓ | t_forwards ↓ | t_ms ↓ |" in md
+    assert "**" in md and "*(baseline)*" in md
     assert paths["figure"].stat().st_size > 5000
     fig = board.plot()
     visible = [ax for ax in fig.axes if ax.get_visible()]
@@ -506,3 +507,21 @@ def test_metric_selection_and_plan(basic, reg):
     plan = Evaluator(model, ["gradcam", "scorecam"], basic, boxes=True).plan(10)
     assert "4 rows x 4 metrics on 10 images" in plan
     assert "scorecam: 1 + C" in plan and "gradcam: 1" in plan and "random: baseline" in plan
+
+
+def test_the_docs_page_runs(tmp_path, monkeypatch):
+    """docs/evaluate.md's examples run as written (as tests/test_docs_snippets.py runs the
+    pages listed there)."""
+    from test_docs_snippets import DOCS, snippets
+
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "docs_evaluate"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for line, code in snippets("evaluate.md"):
+            exec(compile("\n" * (line - 1) + code, str(DOCS / "evaluate.md"), "exec"), namespace)
+    board = namespace["board"]
+    assert isinstance(board, Leaderboard)
+    assert set(board.methods) == {"gradcam", "layercam", *BASELINES}
+    assert (tmp_path / "evaluation" / "leaderboard.png").is_file()
+    assert "massincentre" not in METRICS  # the page's metric is unregistered again
