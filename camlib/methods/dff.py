@@ -12,7 +12,7 @@ from ..base import LayerError, MethodError, register
 from ..capture import Capture
 from ..layers import LayerSpec, layer_name, resolve_layer
 from ..maps import upsample
-from ..targets import Targets, logits_of
+from ..targets import logits_of
 from .cam import _in_out, classifier_weights
 from .families import ActivationCAM, work
 
@@ -103,6 +103,10 @@ class DeepFeatureFactorization(ActivationCAM):
             logits, if any), a name or module, or ``None`` for no scores.
     """
 
+    nondifferentiable_reason = (
+        "its maps come from an iterative non-negative factorisation of activations recorded "
+        "with no graph"
+    )
     output: ClassVar[str] = "concepts"
     """Calls return (N, K, *size) concept maps, not (N, *size) heatmaps."""
 
@@ -137,19 +141,21 @@ class DeepFeatureFactorization(ActivationCAM):
         self.concepts: Concepts | None = None
         self._found: dict[str, torch.Tensor | None] = {}
 
-    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(self, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Explain a batch, with a call's arguments (see :meth:`camlib.Explainer.__call__`):
+        returns the (N, K, *size) concept maps and sets :attr:`concepts`."""
         with self._lock:
             self.concepts = None
-            return super().__call__(*args, **kwargs)
+            return super().__call__(inputs, *args, **kwargs)
 
     def close(self) -> None:
         super().close()
         self.concepts = None
 
-    def factorize(self, inputs: torch.Tensor, targets: Targets = None, **kwargs: Any) -> Concepts:
-        """Explain a batch (as a call does, same arguments) and return its :class:`Concepts`."""
+    def factorize(self, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> Concepts:
+        """Explain a batch as a call does (same arguments) and return its :class:`Concepts`."""
         with self._lock:
-            self(inputs, targets, **kwargs)
+            self(inputs, *args, **kwargs)
             return self.concepts  # type: ignore[return-value]
 
     def combine(self, act: torch.Tensor, layer: int, cap: Capture) -> torch.Tensor:

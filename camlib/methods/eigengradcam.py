@@ -24,5 +24,11 @@ class EigenGradCAM(GradientCAM):
     Costs Grad-CAM's passes plus one C x C (or hw x hw) eigen-decomposition per image.
     """
 
+    differentiable = False
+    nondifferentiable_reason = (
+        "its map is an eigenvector whose sign is fixed by a discontinuous rule, and whose "
+        "gradient is undefined at repeated eigenvalues"
+    )
+
     def combine(self, act: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         return first_component(act * grad).relu_()

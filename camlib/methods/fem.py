@@ -45,6 +45,10 @@ class FEM(ActivationCAM):
         k: the number of standard deviations above the mean (the papers use 2).
     """
 
+    nondifferentiable_reason = (
+        "its map sums binary masks (a threshold test), whose gradient is zero almost everywhere"
+    )
+
     def __init__(
         self, model: nn.Module, target_layer: LayerSpec = "auto", *, k: float = 2.0, **options
     ) -> None:

@@ -175,6 +175,10 @@ class FullGrad(Explainer):
 
     uses_layer = False
     graph = "from_input"
+    nondifferentiable_reason = (
+        "its per-channel min-max rescaling of absolute values is piecewise and its layer "
+        "gradients are taken without create_graph"
+    )
 
     def __init__(self, model: nn.Module, target_layer: LayerSpec = None, **options) -> None:
         if target_layer is not None and target_layer != "auto":

@@ -83,6 +83,11 @@ class KPCACAM(ActivationCAM):
         degree: the poly kernel's degree.
     """
 
+    nondifferentiable_reason = (
+        "its map is a kernel eigenvector whose sign is fixed by a discontinuous rule, read "
+        "from activations recorded with no graph"
+    )
+
     def __init__(
         self,
         model: nn.Module,

@@ -37,6 +37,8 @@ class RandomCAM(ActivationCAM):
         seed: seeds the weights (an int).
     """
 
+    nondifferentiable_reason = "it is a random baseline, read from activations with no graph"
+
     def __init__(
         self, model: nn.Module, target_layer: LayerSpec = "auto", *, seed: int = 0, **options
     ) -> None:

@@ -43,5 +43,11 @@ class SegEigenCAM(GradientCAM):
     plus one eigen-decomposition per image.
     """
 
+    differentiable = False
+    nondifferentiable_reason = (
+        "its map is an eigenvector whose sign is fixed by a discontinuous rule, and whose "
+        "gradient is undefined at repeated eigenvalues"
+    )
+
     def combine(self, act: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         return centred_component(grad.abs() * act).relu_()

@@ -28,6 +28,13 @@ class ShapleyCAM(GradientCAM):
     forward plus two backward passes (the second through the first's graph).
     """
 
+    differentiable = False
+    nondifferentiable_reason = (
+        "its weights already need a second derivative (a Hessian-vector product); a map "
+        "differentiable w.r.t. the parameters would need a third-order backward, which "
+        "camlib does not record"
+    )
+
     def attribute(self, inputs: torch.Tensor, targets: Targets) -> list[torch.Tensor]:
         cap = self.forward(inputs, targets)
         acts, arrangements = self.feature_maps(cap)  # shapes checked before any backward
