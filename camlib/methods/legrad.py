@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -121,6 +121,8 @@ class LeGrad(Explainer):
     """
 
     class_targets_only = True
+    needs_attention: ClassVar[bool] = True
+    """LeGrad reads attention maps: it explains transformers, and refuses CNNs."""
 
     def __init__(
         self,
