@@ -34,7 +34,11 @@ from pytorch_grad_cam.utils.model_targets import (
 from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
 from test_methods_reference import capture
+from test_transformers import CLASSES as VIT_CLASSES
+from test_transformers import TINY_VIT_LAYER, pgc_vit_reshape_transform, tiny_vit
+from test_transformers import images as vit_images
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import camlib
 from camlib.methods.dff import nmf
@@ -468,6 +472,46 @@ def test_shapleycam_is_gradcam_where_the_head_is_piecewise_linear():
     agreement_shapley("resnet18", "layer3", softmax=True)
     soft = raw("shapleycam", net, "layer4", x, softmax_score)
     assert diff(peak1(soft), peak1(raw("gradcam", net, "layer4", x, softmax_score)))[1] > 1e-6
+
+
+def test_shapleycam_on_a_vision_transformer():
+    """Token layout (class token dropped), GELU and softmax attention after the layer:
+    camlib's map equals w = mean(g - H A / 2) with H A from torch.autograd.functional.hvp
+    on the model with the layer's output replaced. camlib runs attention with the plain
+    SDPA kernel: the fused CPU kernel has no double backward, which is why
+    pytorch-grad-cam's ShapleyCAM raises on this model (and with the plain kernel it still
+    fails: its get_cam_image receives the token activations untransformed)."""
+    net, x = tiny_vit(), vit_images()
+    module = net.get_submodule(TINY_VIT_LAYER)
+    classes = torch.tensor(VIT_CLASSES)
+    store: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda m, a, out: store.append(out.detach()))
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        handle.remove()
+    a0 = store[0]
+
+    def f(a: torch.Tensor) -> torch.Tensor:
+        handle = module.register_forward_hook(lambda m, args, out: a)
+        try:
+            return net(x).gather(1, classes[:, None]).sum()
+        finally:
+            handle.remove()
+
+    with sdpa_kernel(SDPBackend.MATH), torch.enable_grad():
+        a1 = a0.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(f(a1), a1)
+        _, ha = torch.autograd.functional.hvp(f, a0, a0)
+    grid = pgc_vit_reshape_transform
+    w = grid(g - 0.5 * ha).mean((2, 3))
+    ref = torch.relu(torch.einsum("nc,nchw->nhw", w, grid(a0)))
+    with left_alone(net):
+        ours = raw("shapleycam", net, TINY_VIT_LAYER, x, classes)
+    check(ours, ref, 1e-9)
+    gradcam = raw("gradcam", net, TINY_VIT_LAYER, x, classes)
+    assert diff(peak1(ours), peak1(gradcam))[1] > 1e-2
 
 
 # --------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..base import LayerError, register
 from ..targets import Targets
@@ -24,7 +25,9 @@ class ShapleyCAM(GradientCAM):
     graph recorded from the layer on (nothing before it), then differentiated once more
     along :math:`A`. Where the network after the layer is piecewise linear in :math:`A`
     (ReLU, max-pool, linear head, logit target) :math:`HA = 0` and the map is Grad-CAM's;
-    a softmax target or smooth activations (SiLU, GELU) make it differ. Costs Grad-CAM's
+    a softmax target or smooth activations (SiLU, GELU) make it differ. The forward pass
+    runs scaled-dot-product attention with its plain ("math") kernel, the one that can be
+    differentiated twice (the fused CPU and CUDA kernels cannot). Costs Grad-CAM's
     forward plus two backward passes (the second through the first's graph).
     """
 
@@ -36,7 +39,8 @@ class ShapleyCAM(GradientCAM):
     )
 
     def attribute(self, inputs: torch.Tensor, targets: Targets) -> list[torch.Tensor]:
-        cap = self.forward(inputs, targets)
+        with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no double backward
+            cap = self.forward(inputs, targets)
         acts, arrangements = self.feature_maps(cap)  # shapes checked before any backward
         scores = cap.scores
         if not scores.requires_grad:  # type: ignore[union-attr]
