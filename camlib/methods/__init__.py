@@ -1,25 +1,55 @@
 """The explanation methods, one file each; importing this package registers them all.
 
-Each method subclasses a family of :mod:`camlib.methods.families` and states its maths.
+Each method subclasses a family of :mod:`camlib.methods.families` (or wraps another
+method, :class:`~camlib.methods.wrapped.WrappedCAM`) and states its maths.
 """
 
 from .ablationcam import AblationCAM
 from .cam import CAM
+from .dff import Concepts, DeepFeatureFactorization
 from .eigencam import EigenCAM
+from .eigengradcam import EigenGradCAM
 from .families import ActivationCAM, GradientCAM, PerturbationCAM
+from .fem import FEM
+from .finercam import FinerCAM
+from .fullgrad import FullGrad, FullGradients
 from .gradcam import GradCAM
+from .gradcam_elementwise import GradCAMElementWise
 from .gradcampp import GradCAMPlusPlus
 from .guided import GuidedBackprop, GuidedGradCAM, InputGradient
+from .iscam import ISCAM
+from .kpcacam import KPCACAM
 from .layercam import HiResCAM, LayerCAM
+from .legrad import LeGrad
+from .randomcam import RandomCAM
+from .refinecam import RefineCAM
 from .scorecam import ScoreCAM
+from .segeigencam import SegEigenCAM
+from .sess import SESS
+from .shapleycam import ShapleyCAM
+from .smoothgradcampp import SmoothGradCAMPlusPlus
+from .sscam import SSCAM
+from .wrapped import WrappedCAM
 from .xgradcam import XGradCAM
 
 __all__ = [
     "CAM",
+    "FEM",
+    "ISCAM",
+    "KPCACAM",
+    "SESS",
+    "SSCAM",
     "AblationCAM",
     "ActivationCAM",
+    "Concepts",
+    "DeepFeatureFactorization",
     "EigenCAM",
+    "EigenGradCAM",
+    "FinerCAM",
+    "FullGrad",
+    "FullGradients",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
     "GradientCAM",
     "GuidedBackprop",
@@ -27,53 +57,14 @@ __all__ = [
     "HiResCAM",
     "InputGradient",
     "LayerCAM",
+    "LeGrad",
     "PerturbationCAM",
-    "ScoreCAM",
-    "XGradCAM",
-]
-
-# round 2 (a)
-from .dff import Concepts, DeepFeatureFactorization
-from .eigengradcam import EigenGradCAM
-from .fem import FEM
-from .fullgrad import FullGrad, FullGradients
-from .gradcam_elementwise import GradCAMElementWise
-from .kpcacam import KPCACAM
-from .randomcam import RandomCAM
-from .segeigencam import SegEigenCAM
-from .shapleycam import ShapleyCAM
-
-__all__ += [
-    "FEM",
-    "KPCACAM",
-    "Concepts",
-    "DeepFeatureFactorization",
-    "EigenGradCAM",
-    "FullGrad",
-    "FullGradients",
-    "GradCAMElementWise",
     "RandomCAM",
+    "RefineCAM",
+    "ScoreCAM",
     "SegEigenCAM",
     "ShapleyCAM",
-]
-
-# round 2 (b)
-from .finercam import FinerCAM  # noqa: E402
-from .iscam import ISCAM  # noqa: E402
-from .legrad import LeGrad  # noqa: E402
-from .refinecam import RefineCAM  # noqa: E402
-from .sess import SESS  # noqa: E402
-from .smoothgradcampp import SmoothGradCAMPlusPlus  # noqa: E402
-from .sscam import SSCAM  # noqa: E402
-from .wrapped import WrappedCAM  # noqa: E402
-
-__all__ += [
-    "ISCAM",
-    "SESS",
-    "SSCAM",
-    "FinerCAM",
-    "LeGrad",
-    "RefineCAM",
     "SmoothGradCAMPlusPlus",
     "WrappedCAM",
+    "XGradCAM",
 ]
