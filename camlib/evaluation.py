@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from .base import METHODS, Explainer, available_methods, get_method
-from .errors import InputError, LayerError, MethodError, MetricError, TargetError, warn
+from .errors import InputError, MethodError, MetricError, TargetError, warn
 from .inputs import check_inputs
 from .layers import LayerSpec, find_target_layer, layer_name
 from .maps import normalize_minmax
@@ -435,7 +435,9 @@ class Evaluator:
         layer: the layer every layer method explains (``"auto"``: the one
             :func:`camlib.find_target_layer` picks on the first batch of each input shape);
             input-only methods (Guided Backprop) ignore it.
-        seed: seeds the run's random generator (random baseline, metrics' noise).
+        seed: seeds the run's random generator: the random baseline's maps, and for each
+            batch one seed from which every row's metrics draw the same numbers (the same
+            noise, random classes and randomised weights for every method).
         method_options: ``{method name: {option: value}}``, passed to the method's
             constructor (e.g. ``{"scorecam": {"batch_size": 64}}``).
         metric_options: ``{metric name: {option: value}}``, passed to the metric.
@@ -517,14 +519,17 @@ class Evaluator:
                         )
                     opts.update(value)
             row = _Row(name, cls, opts)
-            try:  # option and layer errors surface now, before any forward pass
+            try:  # option errors surface now, before any forward pass
                 _construct(row, self.model, self.layer)
-            except (MethodError, LayerError):
+            except MethodError:
                 raise
-            except Exception as error:  # noqa: BLE001 - reported, the method is dropped
+            except Exception as error:  # noqa: BLE001 - e.g. LeGrad on a CNN: dropped, reported
                 self._drop(name, error)
                 continue
             rows.append(row)
+        if not rows:
+            details = "; ".join(f"{k}: {v}" for k, v in self.dropped.items())
+            raise MethodError(f"no method applies to this model ({details})")
         if baselines:
             rows += [_Row(b, None, {}) for b in BASELINES]
         return rows
@@ -822,6 +827,10 @@ class Evaluator:
         masks = None if batch.masks is None else batch.masks.to(device)
         layer = self._layer_for(x) if any(r.cls and r.cls.uses_layer for r in self._rows) else None
         acc = _acc_dtype(device)
+        # common random numbers: every row of this batch gets a generator in the same state
+        # (the same noise, random classes, randomised weights); the random baseline's maps
+        # come from the run's own generator
+        common = int(torch.randint(0, 2**62, (1,), generator=self.generator))
         classes_list = classes.tolist()
         rows: list[dict] = []
         kept: dict[str, torch.Tensor] = {}
@@ -856,7 +865,7 @@ class Evaluator:
                 explain=self._reexplain(row, layer),
                 boxes=boxes,
                 masks=masks,
-                generator=self.generator,
+                generator=torch.Generator().manual_seed(common),
                 seconds=torch.full((n,), seconds / n, dtype=acc, device=device),
                 forwards=torch.full((n,), forwards / n, dtype=acc, device=device),
                 method=row.name,

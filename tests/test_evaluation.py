@@ -369,6 +369,31 @@ def test_model_is_left_exactly_as_it_was(basic, reg):
     assert set(board.methods) == {"gradcam", "scorecam", "guided_gradcam", "eigencam", *BASELINES}
 
 
+def test_every_row_of_a_batch_draws_the_same_random_numbers(reg):
+    @reg("t_scramble", category="sanity", higher_is_better=False, needs={"explain"})
+    def t_scramble(ctx):
+        twin = copy.deepcopy(ctx.model)
+        with torch.no_grad():
+            for p in twin.parameters():  # weights scaled by random factors 1 +- 0.5
+                p.mul_(1 + 0.5 * torch.randn(p.shape, generator=ctx.generator))
+        other = ctx.explain(ctx.inputs, ctx.targets, model=twin)
+        return camlib.metrics.rank_correlation(ctx.maps, other)
+
+    # CAM and Grad-CAM give the same maps on a GAP + linear head, on any weights: with the
+    # same randomised model they score the same; batches draw different models
+    board = evaluate(small(), batch(4, 16), methods=["cam", "gradcam"], metrics=["t_scramble"],
+                     layer="relu3", batch_size=2)  # fmt: skip
+    score = {(r["method"], r["image"]): r["t_scramble"] for r in board.per_image}
+    finite = [i for i in range(4) if not math.isnan(score["cam", i])]
+    assert len(finite) >= 2 and all(abs(score["cam", i]) < 0.999 for i in finite)
+    for i in range(4):  # NaN: a constant map on the randomised model, for both
+        assert score["cam", i] == pytest.approx(score["gradcam", i], abs=1e-3, nan_ok=True)
+    assert score["cam", 0] != score["cam", 1]
+    first = Evaluator(small(), ["cam"], ["t_scramble"], layer="relu3")
+    a, b = first.score(batch(2, 16)), first.score(batch(2, 16))
+    assert a[0]["t_scramble"] != b[0]["t_scramble"]
+
+
 def test_same_seed_same_leaderboard(basic):
     model, x = small(), batch(5, 16)
 
