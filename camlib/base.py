@@ -142,6 +142,9 @@ class Explainer:
         classes: (N,) classes explained by the last call (``None`` for a callable target,
             and after a call that failed).
         scores: (N,) model scores for those classes, detached.
+        output: the model's output of the last ``differentiable=True`` call, with its
+            graph (``None`` otherwise), so a training step needs one forward pass:
+            ``loss = F.cross_entropy(cam.output, y) + lam * penalty(maps)``.
     """
 
     name: ClassVar[str] = ""
@@ -154,6 +157,13 @@ class Explainer:
     """How much autograd graph the method's forward pass records (see :mod:`camlib.capture`)."""
     class_targets_only: ClassVar[bool] = False
     """Whether the method explains class scores only (no callable targets)."""
+    differentiable: ClassVar[bool] = False
+    """Whether ``explainer(x, differentiable=True)`` works: maps that carry gradient to the
+    model's parameters (and to the input), so that a loss on the map trains the model.
+    True for the gradient family (Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM);
+    see :meth:`__call__`."""
+    nondifferentiable_reason: ClassVar[str] = ""
+    """Why ``differentiable=True`` is refused (in the error, the docs and the CLI)."""
 
     _CACHE_SIZE: ClassVar[int] = 16
 
@@ -182,9 +192,12 @@ class Explainer:
         self.fuse = fuse
         self.classes: torch.Tensor | None = None
         self.scores: torch.Tensor | None = None
+        self.output: object = None
         self._lock = threading.RLock()
         self._resolved: OrderedDict[tuple, list[LayerRef]] = OrderedDict()
+        self._arrangements: OrderedDict[tuple, Arrangement] = OrderedDict()
         self._forward_args: tuple = ()
+        self._differentiable = False
         specs = list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]
         if not specs:
             raise LayerError("target_layer is an empty list; name at least one layer or 'auto'")
@@ -218,7 +231,7 @@ class Explainer:
 
     def close(self) -> None:
         """Drop the last call's results. Hooks never outlive a call, so none remain."""
-        self.classes = self.scores = None
+        self.classes = self.scores = self.output = None
 
     def __repr__(self) -> str:
         layer = f", target_layer={self.layer_name!r}" if self.uses_layer else ""
@@ -233,6 +246,7 @@ class Explainer:
         upsample: bool = True,
         normalize: bool = True,
         additional_forward_args: Any = None,
+        differentiable: bool = False,
     ) -> torch.Tensor:
         """Explain a batch.
 
@@ -245,14 +259,39 @@ class Explainer:
             normalize: scale each map to [0, 1] (signed methods: [-1, 1]).
             additional_forward_args: further positional argument(s) of the model's
                 forward (a tuple for several); only ``inputs`` is explained.
+            differentiable: return maps that carry gradient to the model's parameters
+                (and to ``inputs`` when it requires grad), so a loss on the maps trains
+                the model (e.g. a penalty on map mass outside an object mask). The
+                forward pass records the full graph (not only after the layer), the
+                layer gradient is taken with ``create_graph=True``, and upsampling and
+                normalisation stay in the graph (a constant map normalises to zeros with
+                a zero gradient; see :func:`camlib.maps.normalize_minmax`). It costs one
+                forward pass with a full graph plus one backward to the layer; the
+                caller's ``loss.backward()`` then runs a double backward. ``self.output``
+                holds the model's output with its graph, for the rest of the loss.
+                Only methods whose class sets ``differentiable = True`` accept it (the
+                gradient family: Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM);
+                others raise :class:`~camlib.errors.MethodError` saying why
+                (``nondifferentiable_reason``). It needs grad mode: under
+                ``torch.no_grad()`` or ``torch.inference_mode()`` no graph can be
+                recorded, so it raises :class:`~camlib.errors.MethodError` (as it does
+                when neither a parameter nor ``inputs`` requires grad). camlib still
+                leaves no hook behind, writes no ``.grad`` (the caller's backward does)
+                and changes no mode or ``requires_grad``; it does not warn about training
+                mode, the mode a training step runs in (BatchNorm statistics are updated
+                by this forward pass, as by any training forward).
 
         Returns:
             The maps, a float32 tensor on the model's device (the model's float dtype
-            when it is float64).
+            when it is float64); with ``differentiable=True``, part of the autograd graph.
         """
         with self._lock:
-            self.classes = self.scores = None
+            self.classes = self.scores = self.output = None
+            if differentiable is not False:
+                self._check_differentiable(differentiable)
             inputs = check_inputs(self.model, inputs, self._first_conv)
+            if differentiable:
+                self._check_something_trains(inputs)
             targets = check_targets(targets, inputs.shape[0])
             if callable(targets) and self.class_targets_only:
                 raise TargetError(
@@ -265,27 +304,82 @@ class Explainer:
                     f"upsample=False cannot keep each layer's own size; explain one layer at a "
                     f"time for raw maps"
                 )
-            if self.model.training:
+            if self.model.training and not differentiable:
                 warn(
                     f"{type(self.model).__name__} is in training mode: BatchNorm running "
                     "statistics will be updated and dropout is active. Call model.eval() "
                     "before explaining."
                 )
             self._forward_args = _as_args(additional_forward_args)
+            self._differentiable = differentiable
             try:
                 # Gradients are needed whatever the caller's mode (no_grad, inference_mode);
-                # the caller's mode is back on return, and maps carry no autograd history.
+                # the caller's mode is back on return, and maps carry no autograd history
+                # (differentiable=True: grad mode is on and inference mode off, checked above).
                 with torch.inference_mode(False), torch.enable_grad():
                     if inputs.is_inference():  # made under torch.inference_mode(): copy out
                         inputs = inputs.clone()
                     if self.uses_layer:
                         self._resolve_layers(inputs)
                     raw = self.attribute(inputs, targets)
+                    if differentiable:
+                        raws = self._with_graph(raw if isinstance(raw, list) else [raw])
+                        return self.postprocess(raws, tuple(inputs.shape[2:]), upsample, normalize)
                 with torch.no_grad():
                     raws = [r.detach() for r in (raw if isinstance(raw, list) else [raw])]
                     return self.postprocess(raws, tuple(inputs.shape[2:]), upsample, normalize)
             finally:
                 self._forward_args = ()
+                self._differentiable = False
+
+    # -- differentiable maps -------------------------------------------------------------
+    def _check_differentiable(self, differentiable: object) -> None:
+        """Refuse ``differentiable=True`` before any work when it cannot be honoured."""
+        name = type(self).__name__
+        if not isinstance(differentiable, bool):
+            raise MethodError(f"differentiable must be True or False, got {differentiable!r}")
+        if not self.differentiable:
+            reason = self.nondifferentiable_reason or (
+                _GUIDED_NOT_DIFFERENTIABLE if self.signed else _NOT_DECLARED
+            )
+            able = sorted({c.name for c in METHODS.values() if c.differentiable})
+            raise MethodError(
+                f"{name} cannot return differentiable maps: {reason}. Methods that can: "
+                f"{', '.join(able) or 'none registered'}."
+            )
+        if torch.is_inference_mode_enabled() or not torch.is_grad_enabled():
+            mode = (
+                "torch.inference_mode()"
+                if torch.is_inference_mode_enabled()
+                else ("torch.no_grad() (grad mode is off)")
+            )
+            raise MethodError(
+                f"{name}(..., differentiable=True) was called under {mode}, where no autograd "
+                f"graph can be recorded, so the maps could not carry gradient to the model. "
+                f"Call it with grad mode on (e.g. inside the training step, outside no_grad), "
+                f"or drop differentiable=True to get plain maps (which work under no_grad)."
+            )
+
+    def _check_something_trains(self, inputs: torch.Tensor) -> None:
+        if inputs.requires_grad or any(p.requires_grad for p in self.model.parameters()):
+            return
+        raise MethodError(
+            f"{type(self).__name__}(..., differentiable=True): no parameter of "
+            f"{type(self.model).__name__} requires grad and neither do the inputs, so the maps "
+            f"would depend on nothing a loss could train. Unfreeze the parameters to train "
+            f"(or pass inputs with requires_grad=True), or drop differentiable=True."
+        )
+
+    def _with_graph(self, raws: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The raw maps of a differentiable call, checked to be part of the graph."""
+        for r in raws:
+            if not r.requires_grad:
+                raise MethodError(
+                    f"{type(self).__name__} declares differentiable = True but its raw map "
+                    f"carries no autograd graph (a detach or no_grad in its attribute()); set "
+                    f"differentiable = False on the class or keep the map in the graph"
+                )
+        return raws
 
     def attribute(
         self, inputs: torch.Tensor, targets: Targets
@@ -336,13 +430,20 @@ class Explainer:
         forward_args: tuple | None = None,
         record: bool = True,
     ) -> Capture:
-        """Run the model once with the target layers captured; record classes and scores."""
+        """Run the model once with the target layers captured; record classes and scores.
+
+        In a ``differentiable=True`` call a ``"from_layer"`` graph becomes ``"full"`` (the
+        whole graph, from the parameters and the caller's input), and ``record`` also
+        keeps the model's output, with its graph, in ``self.output``."""
+        graph = self.graph if graph is None else graph
+        if self._differentiable and graph == "from_layer":
+            graph = "full"
         cap = run_forward(
             self.model,
             inputs,
             targets,
             layers=self.layers if layers is None else layers,
-            graph=self.graph if graph is None else graph,
+            graph=graph,
             guide=guide,
             forward_args=self._forward_args if forward_args is None else forward_args,
             edit=edit,
@@ -350,12 +451,22 @@ class Explainer:
         if record:
             self.classes = cap.classes
             self.scores = cap.scores.detach() if cap.scores is not None else None
+            if self._differentiable:
+                self.output = cap.output
         return cap
 
     def arrangement(self, i: int, tensor: torch.Tensor, inputs: torch.Tensor) -> Arrangement:
-        """How layer ``i``'s output becomes (N, C, *grid) (see :mod:`camlib.layouts`)."""
+        """How layer ``i``'s output becomes (N, C, *grid) (see :mod:`camlib.layouts`).
+
+        Decided once per (layer, output shape, input shape) and cached (bounded): the
+        decision depends on nothing else, and a layout that does not fit raises before it
+        is cached, so every check still runs for every new shape."""
         ref = self.layers[i]
-        return arrange(
+        key = (i, ref.spec, id(ref.module), tensor.shape, inputs.shape)
+        found = self._arrangements.get(key)
+        if found is not None:
+            return found
+        found = arrange(
             tensor,
             inputs.shape,
             name=ref.spec,
@@ -363,6 +474,10 @@ class Explainer:
             layout=self.layout,
             reshape_transform=self.reshape_transform,
         )
+        self._arrangements[key] = found
+        while len(self._arrangements) > self._CACHE_SIZE:
+            self._arrangements.popitem(last=False)
+        return found
 
     def feature_maps(self, cap: Capture) -> tuple[list[torch.Tensor], list[Arrangement]]:
         """Every captured activation laid out as (N, C, *grid), with its arrangement; the
@@ -370,7 +485,7 @@ class Explainer:
         maps, arrangements = [], []
         for i, act in enumerate(cap.activations):
             a = self.arrangement(i, act, cap.inputs)
-            fm = a.apply(act.detach())
+            fm = a.apply(act if self._differentiable else act.detach())
             self._check_map(i, fm, cap.inputs)
             maps.append(fm)
             arrangements.append(a)
@@ -395,9 +510,19 @@ class Explainer:
             )
 
     def gradients(
-        self, scores: torch.Tensor, wrt: Sequence[torch.Tensor], *, retain_graph: bool = False
+        self,
+        scores: torch.Tensor,
+        wrt: Sequence[torch.Tensor],
+        *,
+        retain_graph: bool = False,
+        create_graph: bool | None = None,
     ) -> list[torch.Tensor]:
-        """d(sum of scores)/d(each of ``wrt``) with one ``torch.autograd.grad``: no ``.grad``."""
+        """d(sum of scores)/d(each of ``wrt``) with one ``torch.autograd.grad``: no ``.grad``.
+
+        ``create_graph`` (default: whether the call is ``differentiable=True``) records the
+        gradient's own graph, so maps built from it can be differentiated again; the
+        forward graph is then kept for the caller's backward."""
+        create = self._differentiable if create_graph is None else create_graph
         if not scores.requires_grad:
             hint = (
                 "; the custom target must return scores computed from the model output"
@@ -406,7 +531,11 @@ class Explainer:
             )
             raise LayerError(f"the target scores do not depend on {self._what()}{hint}")
         grads = torch.autograd.grad(
-            scores.sum(), list(wrt), retain_graph=retain_graph, allow_unused=True
+            scores.sum(),
+            list(wrt),
+            retain_graph=retain_graph or create,
+            create_graph=create,
+            allow_unused=True,
         )
         if any(g is None for g in grads):
             raise LayerError(f"the target scores do not depend on {self._what()}")
@@ -466,6 +595,19 @@ class Explainer:
             self._resolved.popitem(last=False)
 
 
+_GUIDED_NOT_DIFFERENTIABLE = (
+    "its input gradient passes through guided ReLUs, whose backward rule (keep positive "
+    "gradients at positive inputs) replaces the true derivative and has no derivative of its "
+    "own"
+)
+"""Why the signed (guided) methods refuse ``differentiable=True`` when their class says
+nothing itself."""
+_NOT_DECLARED = (
+    "its class does not declare differentiable = True (its passes have not been checked for "
+    "a differentiable path)"
+)
+
+
 def _as_args(value: Any) -> tuple:
     if value is None:
         return ()
@@ -482,6 +624,7 @@ def explain(
     upsample: bool = True,
     normalize: bool = True,
     additional_forward_args: Any = None,
+    differentiable: bool = False,
     **options: Any,
 ) -> torch.Tensor:
     """One-shot explanation: ``camlib.explain(model, images, method="gradcam")``.
@@ -489,7 +632,8 @@ def explain(
     ``method`` is any registered name (see :func:`available_methods`); ``options`` go to
     the method's constructor (e.g. ``fc_layer=`` for CAM, ``batch_size=`` for Score-CAM).
     Methods that explain the input only (Guided Backprop) take no ``target_layer``:
-    naming one is an error, as with the class.
+    naming one is an error, as with the class. ``differentiable=True`` returns maps in the
+    autograd graph (see :meth:`Explainer.__call__`).
     """
     cls = get_method(method)
     if cls.uses_layer or (target_layer is not None and target_layer != "auto"):
@@ -516,4 +660,5 @@ def explain(
             upsample=upsample,
             normalize=normalize,
             additional_forward_args=additional_forward_args,
+            differentiable=differentiable,
         )

@@ -16,6 +16,12 @@ How much graph is recorded (``graph=``):
   ``torch.no_grad()`` and with frozen weights. A later target layer that depends on an
   earlier one stays a node of the graph, so one ``autograd.grad`` serves all of them.
 * ``"from_input"`` - the full graph from a leaf copy of the input (guided methods).
+* ``"full"`` - the full graph from the caller's own input, with the model's parameters,
+  under grad mode (``differentiable=True`` calls of gradient methods). The captured
+  outputs stay nodes of that graph, so a map computed from them (with
+  ``create_graph=True`` for its gradient) carries gradient back to every parameter and to
+  the input. A target layer whose output needs no gradient (nothing before it requires
+  grad) is re-entered as a fresh leaf, as for ``"from_layer"``.
 
 Downstream code always receives a *clone* of the captured tensor, so an in-place op after
 the layer (``ReLU(inplace=True)``, ``out += identity``) cannot corrupt it.
@@ -37,7 +43,7 @@ from .guided_relu import GuidedReLUMode, GuideSwitch
 from .layers import LayerRef
 from .targets import Targets, select_scores
 
-Graph = Literal["none", "from_layer", "from_input"]
+Graph = Literal["none", "from_layer", "from_input", "full"]
 Edit = Callable[[int, torch.Tensor], torch.Tensor]
 """``edit(i, tensor) -> tensor`` replaces what target layer ``i`` hands on (Ablation-CAM)."""
 
@@ -125,8 +131,11 @@ class _Hooks:
                 f"target layer {ref.spec!r} {verb} {_describe(value)}; camlib needs a single "
                 f"tensor such as (N, C, h, w). Choose another layer."
             )
-        if self.graph == "from_layer" and not (torch.is_grad_enabled() and value.requires_grad):
-            # the first target layer (or one that does not depend on an earlier one)
+        if self.graph in ("from_layer", "full") and not (
+            torch.is_grad_enabled() and value.requires_grad
+        ):
+            # from_layer: the first target layer (or one that does not depend on an earlier
+            # one); full: a layer with nothing before it that requires grad
             value = value.detach().requires_grad_(True)
             torch.set_grad_enabled(True)  # record the graph from here on; restored after
         self.captured[i] = value
@@ -184,6 +193,8 @@ def run_forward(
                 stack.enter_context(torch.enable_grad())
                 inputs = inputs.detach().requires_grad_(True)
                 fed = inputs.clone()  # a model may modify its input in place; a leaf cannot be
+            elif graph == "full":
+                stack.enter_context(torch.enable_grad())
             else:
                 stack.enter_context(torch.no_grad())
             if guide is not None:

@@ -44,14 +44,27 @@ def normalize_minmax(maps: torch.Tensor) -> torch.Tensor:
     and 1 even for a subnormal span. A map whose span is within rounding of its
     magnitude (``max - min <= 8 eps max|m|``, e.g. a constant map after bilinear
     upsampling) counts as constant, so rounding noise is never stretched to [0, 1].
+
+    Batched in a few kernels whatever N: one ``aminmax`` pass, a handful of (N, 1) ops, and
+    one subtraction and one division over the maps. A constant map is divided by
+    :math:`+\infty` instead of its span, which gives exact zeros without a second pass.
+
+    Differentiable (the ``differentiable=True`` path of :class:`camlib.Explainer`): the
+    gradient flows through m and through the min and max (to the positions that attain
+    them, as ``torch.aminmax`` routes it). Where a map counts as constant its range is
+    replaced by :math:`+\infty`, so the map is 0 with a zero gradient for that image: no
+    NaN or Inf ever reaches the backward pass, and such an image adds nothing to a loss's
+    gradient through the normalisation.
     """
     flat = maps.flatten(1)
     lo, hi = torch.aminmax(flat, dim=1, keepdim=True)
     lo, hi = lo * 0.5, hi * 0.5
     span = hi - lo
-    constant = span <= (hi.abs() + lo.abs()) * (8 * torch.finfo(flat.dtype).eps)
-    out = (flat * 0.5).sub_(lo).div_(span.masked_fill_(constant, 1.0))
-    return out.masked_fill_(constant, 0.0).view_as(maps)
+    # |hi| + |lo| == max(span, |hi + lo|) when hi >= lo, and span <= span * 8 eps only at 0,
+    # so this is the test span <= (|hi| + |lo|) * 8 eps with two kernels fewer
+    constant = span <= (hi + lo).abs_().mul_(8 * torch.finfo(flat.dtype).eps)
+    out = (flat * 0.5).sub_(lo).div_(span.masked_fill_(constant, torch.inf))
+    return out.view_as(maps)
 
 
 def normalize_absmax(maps: torch.Tensor) -> torch.Tensor:

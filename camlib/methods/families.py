@@ -5,11 +5,17 @@ A method file subclasses one family and states only its maths:
 * :class:`GradientCAM` - one forward pass with no graph before the target layers, one
   ``autograd.grad`` for all of them; a method gives ``channel_weights(A, g)`` (Grad-CAM,
   Grad-CAM++, XGrad-CAM) or, for element-wise methods, ``combine(A, g)`` (LayerCAM,
-  HiResCAM).
+  HiResCAM). Differentiable (``explainer(x, differentiable=True)``): the same code runs
+  on the full graph with ``create_graph=True``, so ``channel_weights``/``combine`` must be
+  made of differentiable torch ops (in-place ops that autograd accepts are fine). A
+  method whose maths is not differentiable sets ``differentiable = False`` and says why in
+  ``nondifferentiable_reason``; one that overrides :meth:`GradientCAM.attribute` is not
+  differentiable unless its class says so itself.
 * :class:`ActivationCAM` - activations only, no gradient (CAM, Eigen-CAM): ``combine(A)``.
+  Not differentiable.
 * :class:`PerturbationCAM` - batched forward passes on perturbed inputs or activations,
   ``batch_size`` at a time, under ``no_grad`` (Score-CAM, Ablation-CAM):
-  ``channel_weights(inputs, A, ...)``.
+  ``channel_weights(inputs, A, ...)``. Not differentiable.
 
 Notation: A is a layer's activation laid out as (N, C, *grid), g = d(score)/dA. Maps are
 computed in float32 (float64 stays float64), whatever the model's precision.
@@ -48,9 +54,26 @@ def spatial_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 class GradientCAM(Explainer):
-    """Methods built from the activation A and its gradient g at the target layers."""
+    """Methods built from the activation A and its gradient g at the target layers.
+
+    ``differentiable = True``: with ``differentiable=True`` the forward pass records the full
+    graph, A stays in it, g is taken with ``create_graph=True`` and ``combine(A, g)`` is
+    differentiated through (see :meth:`camlib.Explainer.__call__`). A subclass that
+    overrides :meth:`attribute` inherits ``differentiable = False`` unless it sets the
+    attribute itself (its own passes have not been checked for a differentiable path).
+    """
 
     graph = "from_layer"
+    differentiable = True
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "attribute" in cls.__dict__ and "differentiable" not in cls.__dict__:
+            cls.differentiable = False
+            cls.nondifferentiable_reason = (
+                "it computes its maps with passes of its own (it overrides "
+                "GradientCAM.attribute), which do not record the differentiable path"
+            )
 
     def attribute(self, inputs: torch.Tensor, targets: Targets) -> list[torch.Tensor]:
         cap = self.forward(inputs, targets)
@@ -87,9 +110,17 @@ class GradientCAM(Explainer):
 
 
 class ActivationCAM(Explainer):
-    """Methods that need the activations only: no gradient, no graph."""
+    """Methods that need the activations only: no gradient, no graph. Not differentiable."""
 
     graph = "none"
+    nondifferentiable_reason = (
+        "it reads the activations with no autograd graph (graph='none') and takes its "
+        "weights as constants (CAM: the classifier's weights, detached) or picks them by a "
+        "rule with no useful derivative (Eigen-CAM: an eigenvector whose sign is fixed by a "
+        "discontinuous rule, with a gradient that is undefined at repeated eigenvalues). On a "
+        "global-average-pooling + linear head CAM equals Grad-CAM up to a constant factor, "
+        "so use GradCAM"
+    )
 
     def attribute(self, inputs: torch.Tensor, targets: Targets) -> list[torch.Tensor]:
         cap = self.forward(inputs, targets)
@@ -147,11 +178,18 @@ class PerturbationCAM(Explainer):
     pairs freely; a callable target is evaluated on blocks of all N images (one block per
     channel), so it sees the batch in its usual order.
 
+    Not differentiable: the weights are scores of no-grad forward passes.
+
     Args:
         batch_size: rows per forward pass (memory grows with it, not with C).
     """
 
     graph = "none"
+    nondifferentiable_reason = (
+        "its channel weights are the scores of no-grad forward passes on perturbed copies "
+        "(masked inputs or zeroed channels), run batch by batch outside the graph, so no "
+        "gradient reaches the model's parameters through them"
+    )
 
     def __init__(self, model, target_layer="auto", *, batch_size: int = 32, **options) -> None:
         super().__init__(model, target_layer, **options)
