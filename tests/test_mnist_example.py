@@ -89,40 +89,73 @@ def test_two_digit_canvases_pair_different_classes():
     assert (y_a != y_b).all()
 
 
-def test_every_method_scores_on_a_small_gap_net():
-    """On a GAP + linear head CAM, HiResCAM and XGrad-CAM equal Grad-CAM after normalisation;
-    Eigen-CAM ignores the class, so it gives one peak for both digits and never hits both."""
+DIGIT_METRICS = ["deletion", "insertion", "average_drop", "increase_in_confidence"]
+LOCALISATION = ["pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank"]
+COLUMNS = DIGIT_METRICS + LOCALISATION + [
+    "randomisation", "random_logit", "sparseness", "complexity", "ms_per_map", "forwards_per_map"
+]  # fmt: skip
+"""The study leaderboard's columns, in camlib.evaluate's category order."""
+
+
+def test_leaderboards_rank_every_method_with_camlib_evaluate():
+    """On a GAP + linear head CAM, HiResCAM and XGrad-CAM equal Grad-CAM after normalisation,
+    so their rows score the same; Eigen-CAM ignores the class, so in the two-digit test it
+    never hits both digits of a canvas."""
     torch.manual_seed(0)
     model = ImprovedNet(channels=(4, 6, 8)).eval()
     digits = torch.full((6, 1, 28, 28), mnist_data.BACKGROUND)
     digits[:, :, 5:23, 9:19] = 2.5
+    digits[:, :, 8:12, 4:25] = 1.0
     canvases, box_a, box_b, kept = mnist_data.paste_pairs(
         digits, digits.flip(-1), 56, torch.Generator().manual_seed(1)
     )
     y_a, y_b = torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([9, 8, 7, 6, 5, 4])
-    sizes = mnist_methods.Sizes(6, 3)
-    rates, examples = mnist_methods.two_digit_test(
-        model, "block3", canvases, (box_a, box_b), (y_a, y_b), sizes, chunk=4, cell=4, shown=2
+    names = ["gradcam", "cam", "hirescam", "xgradcam", "eigencam"]
+    m = len(kept)
+    assert m >= 3
+    one, boxes = mnist_data.paste_on_canvas(digits[:4], 56, torch.Generator().manual_seed(2))
+    board = mnist_methods.leaderboard(
+        model, "block3", names, (digits[:4], y_a[:4]), (one, boxes, y_a[:4]), steps=4, seed=0
     )
-    assert list(rates) == mnist_methods.method_names()
-    assert set(rates) == set(camlib.available_methods())
-    for name, r in rates.items():
-        assert r["n_maps"] == (6 if name in ("scorecam", "ablationcam") else 12), name
-        assert 0.0 <= r["hit"] <= r["hit_one_cell"] <= 1.0
-        assert examples[name][0].shape == (2, 56, 56)
-    assert rates["eigencam"]["same_peak_for_both_classes"] == 1.0
-    assert rates["eigencam"]["both_hit"] == 0.0
+    assert isinstance(board, camlib.Leaderboard)
+    assert set(board.methods) == set(names) | {"random", "gaussian"}
+    assert [m.name for m in board.metrics] == COLUMNS
+    per = {(r["method"], r["image"]) for r in board.per_image}
+    assert ("gradcam", "digit 3") in per and ("gradcam", "canvas 3") in per and len(per) == 7 * 8
+    rows = {e["method"]: e for e in board.summary}
     for name in ("cam", "hirescam", "xgradcam"):
-        assert rates[name] == rates["gradcam"], name
-    table = mnist_methods.pointing_table(
-        model, "block3", canvases, box_a, y_a, sizes, chunk=4, cell=4
+        for metric in COLUMNS[:-2]:  # every metric but the cost
+            assert rows[name][metric] == pytest.approx(rows["gradcam"][metric], abs=1e-5), (
+                name,
+                metric,
+            )
+    for e in board.summary:  # faithfulness from the 4 digits, localisation from the 4 canvases
+        assert e["deletion_n"] == 4 and e["pointing_game_n"] == 4, e["method"]
+    assert "| # | method | mean rank |" in board.to_markdown()
+    # the class-discriminative test: both classes of each canvas, one evaluate call
+    td, both = mnist_methods.two_digit_leaderboard(
+        model, "block3", names, canvases, (box_a, box_b), (y_a[kept], y_b[kept]), seed=0
     )
-    for name in ("cam", "hirescam", "xgradcam"):
-        assert table[name]["max_abs_diff_to_gradcam"] < 1e-4, name
-    timing = mnist_methods.time_per_image(model, "block3", canvases[:2], y_a[:2], repeats=1)
-    assert timing["gradcam"]["forwards_per_image"] == 1.0
-    assert timing["gradcam"]["relative_to_gradcam"] == 1.0
-    assert 1.0 < timing["scorecam"]["forwards_per_image"] <= 8 + 1  # one per live channel
+    assert [m.name for m in td.metrics] == ["pointing_game", "energy_pointing_game"]
+    assert set(both) == set(td.methods) == set(names) | {"random", "gaussian"}
+    hits = {
+        (r["method"], r["image"]): r["pointing_game"]
+        for r in td.per_image
+        if r["method"] == "eigencam"
+    }
+    assert len(hits) == 2 * m and both["eigencam"] == 0.0  # one map for both classes
+    assert all(hits[("eigencam", i)] + hits[("eigencam", i + m)] <= 1.0 for i in range(m))
+    assert {e["method"]: e for e in td.summary}["eigencam"]["pointing_game"] <= 0.5
+    gc = [r["pointing_game"] for r in td.per_image if r["method"] == "gradcam"]
+    assert both["gradcam"] == sum(gc[i] == 1 and gc[i + m] == 1 for i in range(m)) / m
+
+
+def test_ink_masks_are_the_pasted_pixels():
+    digits = _bars(2, slice(10, 20), slice(12, 16))
+    canvases, boxes = mnist_data.paste_on_canvas(digits, 40, torch.Generator().manual_seed(0))
+    ink = mnist_methods.ink(canvases)
+    assert ink.shape == (2, 40, 40) and ink.sum(dim=(1, 2)).tolist() == [40, 40]
+    assert torch.equal(metrics.boxes_from_masks(ink), boxes)
 
 
 def test_shift_moves_whole_pixels_and_fills_black():
@@ -187,9 +220,9 @@ def test_quick_run_writes_every_file(quick_run):
         "pointing_game.png",
         "sanity_panel.png",
         "sanity_curve.png",
-        "deletion_insertion.png",
         "two_digit.png",
-        "methods.png",
+        "leaderboard.png",
+        "two_digit/leaderboard.png",
     }
     assert expected <= set(figures)
     for name in figures:
@@ -199,10 +232,16 @@ def test_quick_run_writes_every_file(quick_run):
         assert png.read_bytes()[:8] == PNG_MAGIC
     for name in ("metrics.json", "baseline.pt", "improved.pt"):
         assert (out / name).is_file(), name
-    assert "Wall time per stage" in proc.stdout
+    assert "Time per stage (wall, CPU of all threads)" in proc.stdout
     for heading in ("### Two digits: are the maps class-discriminative?", "What this test shows"):
         assert heading in report, heading
-    assert "## 6. Every method side by side" in report
+    assert "## 6. Every method side by side: the leaderboard" in report
+    # the tables are camlib.evaluate's: Leaderboard.save's Markdown, verbatim in the report
+    for folder in (out, out / "two_digit"):
+        table = (folder / "leaderboard.md").read_text()
+        assert table.startswith("| # | method | mean rank |") and table in report
+        for name in ("leaderboard.csv", "per_image.csv", "leaderboard.png"):
+            assert (folder / name).is_file(), folder / name
 
 
 def test_quick_run_checkpoints_load(quick_run):
@@ -227,34 +266,42 @@ def test_quick_run_metrics(quick_run):
         assert sum(map(sum, cm)) == m["n_test"]
         assert sum(cm[i][i] for i in range(10)) / m["n_test"] == pytest.approx(acc)
     pg = m["pointing_game"]
-    for key in ("gradcam", "cam", "random_baseline"):
+    for key in ("gradcam", "random_baseline"):
         assert 0.0 <= pg[key] <= 1.0, key
     assert pg["random_baseline"] < 0.5
     sanity = m["sanity"]
     for key in ("gradcam_randomization_rank_corr", "guided_backprop_randomization_rank_corr"):
         assert sanity[key] is not None and abs(sanity[key]) <= 1.0, key
-    for key in ("deletion_auc", "insertion_auc"):
-        assert set(m[key]) >= {"gradcam", "random"}
-        assert all(0.0 <= v <= 1.0 for v in m[key].values())
     # the one-digit canvases: every prediction is counted; the claim about them is checkable
     assert sum(pg["canvas_predicted_class_counts"]) == pg["n_images"]
     assert pg["gradcam_tolerance_one_cell"] >= pg["gradcam"] and pg["map_cell_px"] == 4
-    # every registered method, in every table
-    names = set(camlib.available_methods())
-    assert set(m["method_table"]) == names == set(pg["methods"]) == set(m["sanity"]["methods"])
-    assert set(m["deletion_auc"]) == names | {"random"}
+    # the leaderboard: the quick run's methods and the two baselines, every column
+    quick = ["gradcam", "cam", "eigencam", "guided_backprop", "scorecam"]
+    lb = m["leaderboard"]
+    assert set(lb["methods"]) == set(quick) | {"random", "gaussian"} and not lb["dropped"]
+    assert lb["metrics"] == COLUMNS and lb["n_digits"] == 8 and lb["n_canvases"] == 8
+    rows = {e["method"]: e for e in lb["summary"]}
+    for name, e in rows.items():
+        for metric in COLUMNS[:-2]:
+            assert e[f"{metric}_n"] == 8, (name, metric)
+            assert e[f"{metric}_lo"] <= e[metric] <= e[f"{metric}_hi"], (name, metric)
+    assert rows["random"]["forwards_per_map"] == rows["gaussian"]["forwards_per_map"] == 0.0
+    assert rows["gradcam"]["forwards_per_map"] == 1.0
+    assert 1.0 < rows["scorecam"]["forwards_per_map"] <= 96 + 1  # one per live channel
+    for metric in COLUMNS[:-2]:  # CAM == Grad-CAM up to normalisation on this head
+        assert rows["cam"][metric] == pytest.approx(rows["gradcam"][metric], abs=1e-5), metric
+    assert lb["markdown"] == (out / "leaderboard.md").read_text()
     td = m["two_digit"]
-    assert set(td["methods"]) == names
-    for name, r in td["methods"].items():
-        assert 0.0 <= r["hit"] <= r["hit_one_cell"] <= 1.0, name
-        assert r["both_hit"] <= r["hit"], name
-    assert td["methods"]["eigencam"]["both_hit"] == 0.0  # class-agnostic: one map for both
-    assert td["methods"]["cam"]["hit"] == td["methods"]["gradcam"]["hit"]
-    for name, row in m["method_table"].items():
-        assert row["ms_per_image"] > 0 and row["forwards_per_image"] >= 1, name
-    assert m["time_per_image"]["gradcam"]["forwards_per_image"] == 1.0
+    assert set(td["methods"]) == set(quick) | {"random", "gaussian"}
+    assert td["metrics"] == ["pointing_game", "energy_pointing_game"]
+    assert td["both_hit"]["eigencam"] == 0.0  # class-agnostic: one map for both
+    tdr = {e["method"]: e for e in td["summary"]}
+    assert tdr["eigencam"]["pointing_game"] <= 0.5
+    assert tdr["cam"]["pointing_game"] == tdr["gradcam"]["pointing_game"]
+    assert tdr["gradcam"]["pointing_game_n"] == 2 * td["n_canvases"]
     # CAM == Grad-CAM x h*w on the GAP + linear head, up to float32 rounding
     assert m["cam_vs_gradcam"]["max_rel_diff"] < 1e-4
     assert m["seed"] == 0 and m["quick"] is True and m["n_train"] > 0
     assert set(m["versions"]) >= {"torch", "torchvision", "camlib", "python"}
     assert all(isinstance(v, float) and not math.isnan(v) for v in m["timings_s"].values())
+    assert set(m["cpu_seconds"]) == set(m["timings_s"]) and m["total_cpu_seconds"] > 0

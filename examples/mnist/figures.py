@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -235,45 +234,6 @@ def sanity_curve(
     return save(fig, path)
 
 
-def deletion_insertion(
-    deletion: dict[str, torch.Tensor], insertion: dict[str, torch.Tensor], path: Path
-) -> Path:
-    """Mean deletion and insertion curves per method, AUC in the legend."""
-    many = len(deletion) > 6
-    fig = Figure(figsize=(12, 5.2) if many else (11, 4), layout="constrained")
-    axes = fig.subplots(1, 2)
-    colors = [matplotlib.colormaps["tab20"](i / 20) for i in range(0, 20, 2)] + [
-        matplotlib.colormaps["tab20"](i / 20) for i in range(1, 20, 2)
-    ]
-    for ax, curves, name, better in (
-        (axes[0], deletion, "Deletion", "lower"),
-        (axes[1], insertion, "Insertion", "higher"),
-    ):
-        for j, (method, c) in enumerate(curves.items()):
-            frac = np.linspace(0, 1, c.shape[1])
-            mean = c.mean(0).cpu().numpy()
-            area = float(((c.sum(1) - 0.5 * (c[:, 0] + c[:, -1])) / (c.shape[1] - 1)).mean())
-            style = {"color": "k", "ls": "--"} if method.startswith("random") else {}
-            ax.plot(
-                frac,
-                mean,
-                label=f"{method} ({area:.3f})",
-                color=style.get("color", colors[j % len(colors)]),
-                ls=style.get("ls", "-"),
-                lw=1.3,
-            )
-        verb = "removed" if name == "Deletion" else "inserted"
-        ax.set(
-            xlabel=f"fraction of pixels {verb} (most salient first)",
-            ylabel="p(true class)",
-            ylim=(-0.02, 1.02),
-            title=f"{name} ({better} AUC is better; AUC in the legend)",
-        )
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7 if many else 8, ncols=2 if many else 1)
-    return save(fig, path)
-
-
 def _mark(ax, m: torch.Tensor, box, color: str, dashed: bool = False) -> None:
     x0, y0, x1, y1 = box
     ax.add_patch(
@@ -341,47 +301,4 @@ def two_digit_examples(
         hit = x0 <= px < x1 and y0 <= py < y1 and float(m.max()) > float(m.min())
         _mark(ax, None, other, "white", dashed=True)
         _mark(ax, m, own, "lime" if hit else "red")
-    return save(fig, path)
-
-
-def method_bars(rows: dict[str, dict], names: dict[str, str], path: Path) -> Path:
-    """Every method on four tests: the two pointing games, deletion/insertion AUC,
-    randomisation rank correlation, and time per image (log scale)."""
-    fig = Figure(figsize=(13, 4.6), layout="constrained")
-    axes = fig.subplots(1, 4)
-    keys = list(rows)
-    y = np.arange(len(keys))[::-1]
-    shown = [names[k] for k in keys]
-
-    def bars(ax, values, offset, height, label, color) -> None:
-        v = np.array([np.nan if x is None else x for x in values], dtype=float)
-        ax.barh(y + offset, v, height, label=label, color=color)
-
-    ax = axes[0]
-    bars(ax, [100 * rows[k]["pointing"] for k in keys], 0.2, 0.4, "one digit", "tab:blue")
-    bars(ax, [100 * rows[k]["two_digit"] for k in keys], -0.2, 0.4, "two digits", "tab:orange")
-    ax.axvline(90, color="k", lw=0.8, ls=":")
-    ax.set(xlabel="hit rate (%)", title="Pointing game", xlim=(0, 100))
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2)
-    ax = axes[1]
-    bars(ax, [rows[k]["deletion_auc"] for k in keys], 0.2, 0.4, "deletion (lower)", "tab:red")
-    bars(ax, [rows[k]["insertion_auc"] for k in keys], -0.2, 0.4, "insertion (higher)", "tab:green")
-    ax.set(xlabel="AUC", title="Deletion / insertion", xlim=(0, 1))
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2)
-    ax = axes[2]
-    bars(ax, [rows[k]["randomization_rank_corr"] for k in keys], 0, 0.6, "", "tab:purple")
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set(xlabel="Spearman rank corr.", title="Randomisation (|.| small is good)", xlim=(-1, 1))
-    ax = axes[3]
-    ms = [rows[k]["ms_per_image"] for k in keys]
-    bars(ax, ms, 0, 0.6, "", "tab:gray")
-    for yy, t in zip(y, ms, strict=True):
-        ax.text(t, yy, f" {t:,.0f}" if t >= 10 else f" {t:.2g}", va="center", fontsize=7)
-    ax.set(xscale="log", xlabel="ms per image (indicative)", title="Time per image")
-    ax.set_xlim(min(ms) / 2, max(ms) * 8)
-    for ax in axes:
-        ax.set_yticks(y)
-        ax.set_yticklabels(shown if ax is axes[0] else [], fontsize=8)
-        ax.grid(axis="x", alpha=0.3)
-    fig.suptitle("Every camlib method on the improved MNIST model (layer block3)", fontsize=10)
     return save(fig, path)

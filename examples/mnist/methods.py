@@ -1,29 +1,28 @@
-"""Every registered camlib method on the same images: the comparison table and the
-class-discriminative two-digit test.
+"""Every registered camlib method on the same images, ranked by :func:`camlib.evaluate`.
 
-Each method explains the improved model's layer ``block3`` (methods without a layer, such
-as Guided Backprop, the input). Signed methods (Guided Backprop, Guided Grad-CAM) give
-(N, C, H, W) maps in [-1, 1]; where a metric needs a heatmap they are reduced to
-:math:`\\sum_c |M_c|`, as is customary. Score-CAM and Ablation-CAM cost one forward pass
-per (image, channel), so they run on the first ``n_perturbation`` images of each test;
-the tables give each method's ``n``.
+Two evaluations make the study's leaderboard (:func:`leaderboard`): the 28x28 test digits
+for what needs the model to recognise the digit (faithfulness, sanity, complexity, cost)
+and the translated digits on 56x56 canvases for localisation (the digit's box and ink).
+The class-discriminative test (:func:`two_digit_leaderboard`) is a third evaluation: two
+digits per canvas, each digit's class explained in turn, scored by the pointing games on
+that digit's box. Every method explains the improved model's layer ``block3`` (methods
+without a layer, such as Guided Backprop, the input); evaluate reduces signed maps to
+:math:`\\sum_c |M_c|` and adds the random-map and centred-Gaussian baseline rows.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 import camlib
-from camlib import metrics
-from camlib.methods.families import PerturbationCAM
+from camlib.evaluation import Leaderboard
+from camlib.metrics.registry import CATEGORIES
 
-from .data import batches, paste_pairs
+from .data import BACKGROUND, denormalize, paste_pairs
 
 LABELS = {
     "cam": "CAM",
@@ -38,183 +37,144 @@ LABELS = {
     "guided_gradcam": "Guided Grad-CAM",
     "guided_backprop": "Guided Backprop",
 }
-"""Display names, in the order the tables list the built-in methods."""
+"""Display names of the classic methods (the leaderboards use the registered names)."""
+
+LOCALISATION = ("pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank")
+BOXES_ONLY = {"pointing_game": {"region": "boxes"}}
+"""The pointing game on the digit's tight box (as in the literature), not on its ink."""
 
 
 def label(name: str) -> str:
     return LABELS.get(name, name)
 
 
-def method_names() -> list[str]:
-    """``camlib.available_methods()``, built-ins in :data:`LABELS` order, plugins last."""
-    names = camlib.available_methods()
-    order = {name: i for i, name in enumerate(LABELS)}
-    return sorted(names, key=lambda n: (order.get(n, len(order)), n))
+def for_cnn(names: Sequence[str]) -> list[str]:
+    """``names`` without the methods that read attention maps (LeGrad): they refuse a CNN
+    when they are built, and :func:`camlib.evaluate` stops on that error."""
+    return [n for n in names if not getattr(camlib.get_method(n), "needs_attention", False)]
 
 
-def is_perturbation(name: str) -> bool:
-    return issubclass(camlib.get_method(name), PerturbationCAM)
+def ink(images: torch.Tensor, threshold: float = 0.5 / 255) -> torch.Tensor:
+    """(N, H, W) bool: the digits' ink on normalised (N, 1, H, W) images (any non-zero
+    pixel of the 8-bit original, as :func:`.data.paste_on_canvas` boxes it)."""
+    return denormalize(images[:, 0]) > threshold
 
 
-def is_signed(name: str) -> bool:
-    return bool(getattr(camlib.get_method(name), "signed", False))
+def _options(methods: Sequence[str], batch_size: int) -> dict[str, dict]:
+    """``batch_size`` (rows per forward pass) for the perturbation methods evaluated."""
+    from camlib.methods.families import PerturbationCAM
+
+    return {
+        m: {"batch_size": batch_size}
+        for m in methods
+        if issubclass(camlib.get_method(m), PerturbationCAM)
+    }
 
 
-def make(model: nn.Module, name: str, layer: str) -> camlib.Explainer:
-    cls = camlib.get_method(name)
-    return cls(model, target_layer=layer) if cls.uses_layer else cls(model)
-
-
-def heatmaps(
+def leaderboard(
     model: nn.Module,
-    name: str,
-    x: torch.Tensor,
-    targets: torch.Tensor,
     layer: str,
-    chunk: int,
+    methods: Sequence[str],
+    digits: tuple[torch.Tensor, torch.Tensor],
+    canvases: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     *,
-    upsample: bool = True,
-) -> torch.Tensor:
-    """(N, H, W) maps of ``name`` for ``targets``, ``chunk`` images per call; signed maps
-    as :math:`\\sum_c |M_c|`. With ``upsample=False`` (layer methods only): the raw maps."""
-    ex = make(model, name, layer)
-    kw = {} if upsample else {"upsample": False, "normalize": False}
-    out = []
-    for idx in batches(len(x), chunk):
-        m = ex(x[idx], targets=targets[idx], **kw)
-        out.append(m.abs().sum(1) if is_signed(name) else m)
-    return torch.cat(out)
+    steps: int,
+    seed: int,
+    batch_size: int = 100,
+    progress: bool = False,
+) -> Leaderboard:
+    """Every method ranked on the test digits and the translated digits (true classes).
+
+    Two :func:`camlib.evaluate` runs, one :class:`~camlib.evaluation.Leaderboard`:
+
+    * ``digits = (x, y)``, 28x28 test digits: the default metrics (deletion and insertion
+      with ``steps`` steps from and to a black canvas, average drop, increase in
+      confidence, randomisation, random logit, sparseness, complexity, cost);
+    * ``canvases = (x, boxes, y)``, digits pasted on blank canvases: the localisation
+      metrics (pointing game and energy on the digit's box, relevance mass and rank on its
+      ink). On these canvases the model predicts "1" for almost every digit (global
+      average pooling dilutes the digit), so the faithfulness metrics, which follow the
+      class probability, would measure nothing there.
+
+    Their per-image rows (image ids ``"digit i"`` and ``"canvas i"``) are summarised
+    together by :meth:`Leaderboard.from_rows`: each metric's mean is over the images it was
+    measured on, and rows are ranked by faithfulness and localisation.
+    """
+    common = {
+        "methods": list(methods),
+        "layer": layer,
+        "seed": seed,
+        "batch_size": batch_size,
+        "progress": progress,
+        "method_options": _options(methods, 512),
+    }
+    x, y = digits
+    black = {"steps": steps, "baseline": BACKGROUND}
+    on_digits = camlib.evaluate(
+        model, x, y, metric_options={"deletion": black, "insertion": black}, **common
+    )
+    cx, boxes, cy = canvases
+    on_canvases = camlib.evaluate(
+        model,
+        cx,
+        cy,
+        metrics=list(LOCALISATION),
+        boxes=boxes,
+        masks=ink(cx),
+        metric_options=BOXES_ONLY,
+        **common,
+    )
+    rows = [{**r, "image": f"digit {r['image']}"} for r in on_digits.per_image]
+    rows += [{**r, "image": f"canvas {r['image']}"} for r in on_canvases.per_image]
+    order = {c: i for i, c in enumerate(CATEGORIES)}
+    metrics = sorted(on_digits.metrics + on_canvases.metrics, key=lambda m: order[m.category])
+    board = Leaderboard.from_rows(rows, metrics, seed=seed)
+    board.dropped = {**on_digits.dropped, **on_canvases.dropped}
+    return board
 
 
-@dataclass
-class Sizes:
-    """How many images each method explains in one test."""
-
-    n: int
-    n_perturbation: int
-
-    def of(self, name: str) -> int:
-        return min(self.n, self.n_perturbation) if is_perturbation(name) else self.n
-
-
-def _mean(x: torch.Tensor) -> float | None:
-    x = x[~torch.isnan(x)]
-    return float(x.mean()) if len(x) else None
-
-
-# -- the comparison table ---------------------------------------------------------------------
-
-
-def pointing_table(
+def two_digit_leaderboard(
     model: nn.Module,
     layer: str,
+    methods: Sequence[str],
     canvases: torch.Tensor,
-    boxes: torch.Tensor,
-    labels: torch.Tensor,
-    sizes: Sizes,
-    chunk: int,
-    cell: int,
-    bar: Callable = iter,
-) -> dict:
-    """The pointing game on translated digits (true class), every method; also how far
-    each method's normalised maps are from Grad-CAM's on the same canvases."""
-    out = {}
-    ref = heatmaps(model, "gradcam", canvases, labels, layer, chunk)
-    for name in bar(method_names()):
-        n = sizes.of(name)
-        maps = heatmaps(model, name, canvases[:n], labels[:n], layer, chunk)
-        diff = (camlib.normalize_minmax(maps) - camlib.normalize_minmax(ref[:n])).abs()
-        out[name] = {
-            "max_abs_diff_to_gradcam": float(diff.max()),
-            "hit": float(metrics.pointing_game(maps, boxes[:n]).float().mean()),
-            "hit_one_cell": float(
-                metrics.pointing_game(maps, boxes[:n], tolerance=cell).float().mean()
-            ),
-            "energy_in_box": _mean(metrics.box_energy_fraction(maps, boxes[:n])),
-            "n": n,
-        }
-    return out
+    boxes: tuple[torch.Tensor, torch.Tensor],
+    labels: tuple[torch.Tensor, torch.Tensor],
+    *,
+    seed: int,
+    batch_size: int = 100,
+    progress: bool = False,
+) -> tuple[Leaderboard, dict[str, float]]:
+    """The class-discriminative test as one :func:`camlib.evaluate` run: each of the M
+    two-digit canvases is explained twice, for the first digit's class (images 0..M-1) and
+    for the second's (images M..2M-1), and scored by the pointing games on *that* digit's
+    box. A map that ignores the class hits at most one of the two digits (<= 50 %).
 
-
-def randomisation_table(
-    trained: nn.Module,
-    randomised: nn.Module,
-    layer: str,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    sizes: Sizes,
-    chunk: int,
-    bar: Callable = iter,
-) -> dict:
-    """Spearman rank correlation between the maps of the trained and of the fully
-    re-initialised model, every method (true class)."""
-    out = {}
-    for name in bar(method_names()):
-        n = sizes.of(name)
-        a = heatmaps(trained, name, x[:n], y[:n], layer, chunk)
-        b = heatmaps(randomised, name, x[:n], y[:n], layer, chunk)
-        rho = metrics.rank_correlation(a, b)
-        out[name] = {
-            "rank_corr": _mean(rho),
-            "abs_rank_corr": _mean(rho.abs()),
-            "undefined_constant_maps": int(rho.isnan().sum()),
-            "n": n,
-        }
-    return out
-
-
-class _ForwardCounter:
-    """Counts the images the model's forward sees (a forward hook, removed on exit)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.images = model, 0
-
-    def __enter__(self) -> _ForwardCounter:
-        def hook(module, args, output) -> None:
-            self.images += int(args[0].shape[0])
-
-        self.handle = self.model.register_forward_hook(hook)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.handle.remove()
-
-
-def time_per_image(
-    model: nn.Module,
-    layer: str,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    repeats: int,
-    bar: Callable = iter,
-) -> dict:
-    """Wall time of one call on the same batch (``time.perf_counter``, median of
-    ``repeats`` after a warm-up call on two images), divided by the batch size; and the
-    model forward passes per image, counted in a separate call."""
-    out = {}
-    for name in bar(method_names()):
-        ex = make(model, name, layer)
-        ex(x[:2], targets=y[:2])  # warm-up: first-call allocations, lazy imports
-        with _ForwardCounter(model) as counter:
-            ex(x, targets=y)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            ex(x, targets=y)
-            times.append(time.perf_counter() - t0)
-        out[name] = {
-            "ms_per_image": 1000 * statistics.median(times) / len(x),
-            "forwards_per_image": counter.images / len(x),
-            "batch": len(x),
-            "repeats": repeats,
-        }
-    base = out.get("gradcam", {}).get("ms_per_image")
-    for r in out.values():
-        r["relative_to_gradcam"] = r["ms_per_image"] / base if base else None
-    return out
-
-
-# -- the two-digit test -----------------------------------------------------------------------
+    Returns the leaderboard and, per row, the share of canvases where both maps hit their
+    own digit (from the per-image pointing-game values).
+    """
+    m = len(canvases)
+    board = camlib.evaluate(
+        model,
+        torch.cat([canvases, canvases]),
+        torch.cat(list(labels)),
+        methods=list(methods),
+        metrics=["pointing_game", "energy_pointing_game"],
+        layer=layer,
+        boxes=torch.cat(list(boxes)),
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        method_options=_options(methods, 512),
+    )
+    both: dict[str, float] = {}
+    for name in board.methods:
+        hit = torch.full((2 * m,), math.nan, dtype=torch.float64)
+        for r in board.per_image:
+            if r["method"] == name:
+                hit[r["image"]] = r["pointing_game"]
+        both[name] = float(((hit[:m] == 1) & (hit[m:] == 1)).double().mean())
+    return board, both
 
 
 def two_digit_canvases(
@@ -232,58 +192,10 @@ def two_digit_canvases(
     return canvases, box_a, box_b, y[first][kept], y[second][kept]
 
 
-def two_digit_test(
-    model: nn.Module,
-    layer: str,
-    canvases: torch.Tensor,
-    boxes: tuple[torch.Tensor, torch.Tensor],
-    labels: tuple[torch.Tensor, torch.Tensor],
-    sizes: Sizes,
-    chunk: int,
-    cell: int,
-    shown: int = 4,
-    bar: Callable = iter,
-) -> tuple[dict, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """Explain each of the two digits' classes in turn; a hit is the map's maximum inside
-    that class's digit box.
-
-    Returns the per-method rates and the maps of the first ``shown`` canvases for the
-    figure (``{method: (maps for the first digit, maps for the second)}``).
-    """
-    box_a, box_b = boxes
-    y_a, y_b = labels
-    out, examples = {}, {}
-    for name in bar(method_names()):
-        n = sizes.of(name)
-        ma = heatmaps(model, name, canvases[:n], y_a[:n], layer, chunk)
-        mb = heatmaps(model, name, canvases[:n], y_b[:n], layer, chunk)
-        examples[name] = (ma[:shown], mb[:shown])
-        hit = {}
-        for key, tol in (("hit", 0), ("hit_one_cell", cell)):
-            ha = metrics.pointing_game(ma, box_a[:n], tolerance=tol)
-            hb = metrics.pointing_game(mb, box_b[:n], tolerance=tol)
-            hit[key] = float(torch.cat([ha, hb]).float().mean())
-            if tol == 0:
-                hit["both_hit"] = float((ha & hb).float().mean())
-        wrong = torch.cat(
-            [metrics.pointing_game(ma, box_b[:n]), metrics.pointing_game(mb, box_a[:n])]
-        )
-        same = (ma.flatten(1).argmax(1) == mb.flatten(1).argmax(1)).float().mean()
-        out[name] = {
-            **hit,
-            "other_digit": float(wrong.float().mean()),
-            "same_peak_for_both_classes": float(same),
-            "n_canvases": n,
-            "n_maps": 2 * n,
-        }
-    return out, examples
-
-
 @torch.no_grad()
-def model_view(model: nn.Module, canvases: torch.Tensor, y_a, y_b, chunk: int) -> dict:
+def model_view(model: nn.Module, canvases: torch.Tensor, y_a, y_b) -> dict:
     """What the model itself makes of the two-digit canvases."""
-    logits = torch.cat([model(canvases[idx]) for idx in batches(len(canvases), chunk)])
-    top2 = logits.topk(2, dim=1).indices
+    top2 = model(canvases).topk(2, dim=1).indices
     pred = top2[:, 0]
     both = ((top2 == y_a[:, None]).any(1) & (top2 == y_b[:, None]).any(1)).float().mean()
     return {
@@ -293,7 +205,9 @@ def model_view(model: nn.Module, canvases: torch.Tensor, y_a, y_b, chunk: int) -
     }
 
 
-def order_for_table(rows: dict, names: Sequence[str] | None = None) -> list[str]:
-    """Method names of ``rows`` in table order."""
-    names = list(names or method_names())
-    return [n for n in names if n in rows] + sorted(set(rows) - set(names))
+def row(board: Leaderboard, method: str) -> dict:
+    """The summary row of ``method`` (means and intervals by metric name)."""
+    for e in board.summary:
+        if e["method"] == method:
+            return e
+    raise KeyError(f"no row {method!r} in the leaderboard; rows: {', '.join(board.methods)}")

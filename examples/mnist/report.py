@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .methods import LABELS
+from .methods import LOCALISATION
 
 
 def pct(x: float | None, digits: int = 2) -> str:
@@ -23,12 +23,13 @@ def write_report(path: Path, r: dict, settings) -> None:
     """Write the Markdown report for the result dictionary ``r`` (see ``metrics.json``)."""
     b, i = r["baseline"], r["improved"]
     pg, sn, cv = r["pointing_game"], r["sanity"], r["cam_vs_gradcam"]
-    da, ia, di = r["deletion_auc"], r["insertion_auc"], r["deletion_insertion"]
+    lb = {e["method"]: e for e in r["leaderboard"]["summary"]}
+    gc, rnd = lb.get("gradcam", {}), lb["random"]
     fig = r["figures"]
     v = r["versions"]
     shift_key = next(k for k in b if k.startswith("shifted_test_accuracy"))
     max_shift = settings.max_shift_px
-    full = not r["quick"]
+    full = r.get("mode") == "full"
     lines: list[str] = []
     add = lines.append
 
@@ -41,11 +42,13 @@ def write_report(path: Path, r: dict, settings) -> None:
         )
     add(
         f"Reproduce: `python -m examples.mnist --data-root DATA --out OUT --seed {r['seed']}"
-        f"{' --quick' if r['quick'] else ''}`. "
+        f"{' --quick' if r['quick'] else ' --full' if full else ''}`"
+        f"{' (`make demo-full`)' if full else '' if r['quick'] else ' (`make demo`)'}. "
         f"{r['n_train']:,} training images (of {r['n_train_available']:,} in the data files), "
         f"{r['n_test']:,} test images, seed {r['seed']}, {v['torch_threads']} torch thread(s); "
         f"torch {v['torch']}, torchvision {v['torchvision']}, camlib {v['camlib']}. "
-        f"Total wall time {r['total_seconds']:.0f} s. Numbers repeat exactly for the same seed, "
+        f"Total wall time {r['total_seconds']:.0f} s ({r['total_cpu_seconds']:.0f} s of CPU "
+        "time, all threads). Numbers repeat exactly for the same seed, "
         "thread count and library versions (another thread count changes the order of "
         "floating-point sums, which can move an accuracy by a tenth of a percent or two). "
         f"Every number below is also in "
@@ -63,16 +66,18 @@ def write_report(path: Path, r: dict, settings) -> None:
         f"| improved test accuracy | {pct(i['test_accuracy'])} | >= 99.2 % | "
         f"{check(i['test_accuracy'] >= 0.992)} |"
     )
-    add(
-        f"| pointing game, Grad-CAM (one translated digit, true class) | {pct(pg['gradcam'], 1)} | >= 90 %, "
-        f"random point {pct(pg['random_baseline'], 1)} | {check(pg['gradcam'] >= 0.9)} |"
-    )
-    td = r.get("two_digit", {}).get("methods", {}).get("gradcam")
+    if gc:
+        add(
+            f"| pointing game, Grad-CAM (one translated digit, true class) | "
+            f"{pct(gc['pointing_game'], 1)} | >= 90 %, random map "
+            f"{pct(rnd['pointing_game'], 1)} | {check(gc['pointing_game'] >= 0.9)} |"
+        )
+    td = {e["method"]: e for e in r["two_digit"]["summary"]}.get("gradcam")
     if td:
         add(
             f"| two digits per canvas, Grad-CAM's maximum on the explained class's digit | "
-            f"{pct(td['hit'], 1)} (one cell: {pct(td['hit_one_cell'], 1)}) | >= 90 %, "
-            f"class-agnostic <= 50 % | {check(td['hit'] >= 0.9)} |"
+            f"{pct(td['pointing_game'], 1)} | >= 90 %, class-agnostic <= 50 % | "
+            f"{check(td['pointing_game'] >= 0.9)} |"
         )
     gc_corr = sn["gradcam_randomization_rank_corr"]
     add(
@@ -87,13 +92,20 @@ def write_report(path: Path, r: dict, settings) -> None:
         f"| CAM vs Grad-CAM x h*w, max relative difference | {cv['max_rel_diff']:.1e} | ~0 "
         f"(float32) | {check(cv['max_rel_diff'] < 1e-3)} |"
     )
+    if gc:
+        add(
+            f"| deletion AUC, Grad-CAM vs random map (lower is better) | "
+            f"{num(gc['deletion'])} vs {num(rnd['deletion'])} | below random | "
+            f"{check(gc['deletion'] < rnd['deletion'])} |"
+        )
+        add(
+            f"| insertion AUC, Grad-CAM vs random map (higher is better) | "
+            f"{num(gc['insertion'])} vs {num(rnd['insertion'])} | above random | "
+            f"{check(gc['insertion'] > rnd['insertion'])} |"
+        )
     add(
-        f"| deletion AUC, Grad-CAM vs random (lower is better) | {num(da['gradcam'])} vs "
-        f"{num(da['random'])} | below random | {check(da['gradcam'] < da['random'])} |"
-    )
-    add(
-        f"| insertion AUC, Grad-CAM vs random (higher is better) | {num(ia['gradcam'])} vs "
-        f"{num(ia['random'])} | above random | {check(ia['gradcam'] > ia['random'])} |"
+        f"| best of {len(lb) - 2} methods on the leaderboard (section 6) | "
+        f"{r['leaderboard']['methods'][0]} | | |"
     )
     add("")
 
@@ -295,53 +307,47 @@ def write_report(path: Path, r: dict, settings) -> None:
     )
     add(f"![Sanity check panel]({fig['sanity_panel']})\n")
     add(f"![Sanity check curve]({fig['sanity_curve']})\n")
-    add("### Deletion and insertion (faithfulness)\n")
-    add(
-        f"For {di['n_images']} test digits, pixels are ranked by the map (most salient first) "
-        f"and, in {di['steps']} equal steps, **deleted** (set to black) from the digit, or "
-        "**inserted** into an all-black canvas; the curve follows the softmax probability of "
-        "the true class (`metrics.deletion_curve`, `metrics.insertion_curve`; AUC by the "
-        "trapezoidal rule on [0, 1], `metrics.auc`). A faithful map makes the probability "
-        "fall fast on deletion (low AUC) and rise fast on insertion (high AUC). The starting "
-        "canvas is black rather than blurred because black is what MNIST's background is.\n"
-    )
-    add("| map | deletion AUC (lower is better) | insertion AUC (higher is better) |")
-    add("| --- | --- | --- |")
-    for key in da:
-        name = "random map" if key == "random" else LABELS.get(key, key)
-        add(f"| {name} | {num(da[key])} | {num(ia[key])} |")
-    add("")
-    add(f"![Deletion and insertion curves]({fig['deletion_insertion']})\n")
-
-    if "method_table" in r:
-        _methods(add, r, fig)
+    _methods(add, r, fig)
 
     # 7. timings
     add("## 7. Timings\n")
     add(
-        f"Wall time per stage on this machine ({v['cpu_count']} CPUs, {v['torch_threads']} "
-        "torch thread(s)):\n"
+        f"Time per stage on this machine ({v['cpu_count']} CPUs, {v['torch_threads']} torch "
+        "thread(s)): wall time (`time.perf_counter`) and the CPU time of all the process's "
+        "threads (`time.process_time`). On a machine shared with other work the wall time "
+        "grows with the load; the CPU time much less.\n"
     )
-    add("| stage | seconds |")
-    add("| --- | --- |")
+    add("| stage | wall s | CPU s |")
+    add("| --- | ---: | ---: |")
     for name, sec in r["timings_s"].items():
-        add(f"| {name} | {sec:.1f} |")
-    add(f"| **total** | **{r['total_seconds']:.1f}** |")
+        add(f"| {name} | {sec:.1f} | {r['cpu_seconds'][name]:.1f} |")
+    add(f"| **total** | **{r['total_seconds']:.1f}** | **{r['total_cpu_seconds']:.1f}** |")
     add("")
     epochs = ", ".join(f"{x:.1f}" for x in i["history"]["epoch_seconds"])
-    add(f"Improved model, seconds per epoch (training + test evaluation): {epochs}.\n")
+    add(f"Improved model, wall seconds per epoch (training + test evaluation): {epochs}.\n")
 
     add("## Files\n")
     add(
         "* `metrics.json`: every number above (accuracies as fractions), training histories, "
-        "confusion matrices, timings, versions."
+        "confusion matrices, the leaderboards' summary rows, timings, versions."
+    )
+    add(
+        "* `leaderboard.md`, `leaderboard.csv`, `per_image.csv`, `leaderboard.png`: the "
+        "leaderboard of section 6 (`Leaderboard.save`; every metric of every image in "
+        "`per_image.csv`); `two_digit/`: the same for the two-digit test."
     )
     add(
         "* `baseline.pt`, `improved.pt`: `torch.load(path)` gives a dict with `state_dict`, "
         "`architecture` (`BaselineNet` / `ImprovedNet` in `examples/mnist/models.py`), "
         "`test_accuracy`, `seed` and the input normalisation (mean 0.1307, std 0.3081)."
     )
-    if full and r["n_train"] < 60000:
+    if r["n_train"] < r["n_train_available"]:
+        add(
+            f"\nThis run trained on {r['n_train']:,} of the {r['n_train_available']:,} training "
+            "images in the data files; `make demo-full` (`--full`) trains on all of them, for "
+            "longer, and ranks the methods on more images."
+        )
+    elif full and r["n_train"] < 60000:
         add(
             f"\nNote: this run trained on {r['n_train']:,} images; with the full 60,000-image "
             "MNIST training set (what torchvision downloads) expect both models to do a little "
@@ -359,22 +365,14 @@ def _pointing(add, pg: dict, fig: dict) -> None:
     add("### Pointing game on translated MNIST\n")
     add(
         f"Each of {n:,} test digits is pasted at a random position on a blank {size}x{size} "
-        "canvas; the improved (fully convolutional) model runs on it unchanged. The maps "
-        "explain the **true class** (not the predicted one); a hit is when the map's maximum "
+        "canvas; the improved (fully convolutional) model runs on it unchanged. Grad-CAM "
+        "explains the **true class** (not the predicted one); a hit is when the map's maximum "
         "falls inside the tight box around the digit's ink (`metrics.pointing_game`, no "
-        "tolerance). A uniformly random point hits with probability equal to the box's "
-        "share of the canvas (`metrics.box_area_fraction`). The energy share is the fraction "
-        "of the map's mass inside the box (`metrics.box_energy_fraction`).\n"
+        f"tolerance): **{pct(pg['gradcam'], 1)}**, where a uniformly random point hits "
+        f"{pct(pg['random_baseline'], 1)} (the box's share of the canvas, "
+        "`metrics.box_area_fraction`). Section 6 plays the same game, and three more "
+        "localisation scores, with every method.\n"
     )
-    add("| map | hit rate | energy inside box |")
-    add("| --- | --- | --- |")
-    add(f"| Grad-CAM | {pct(pg['gradcam'], 1)} | {pct(pg['gradcam_energy_in_box'], 1)} |")
-    add(f"| CAM | {pct(pg['cam'], 1)} | {pct(pg['cam_energy_in_box'], 1)} |")
-    add(
-        f"| random point / uniform map | {pct(pg['random_baseline'], 1)} | "
-        f"{pct(pg['random_baseline'], 1)} |"
-    )
-    add("")
     misses = pg["gradcam_misses_by_true_class"]
     cell = pg.get("map_cell_px", 4)
     if sum(misses):
@@ -420,102 +418,120 @@ def _pointing(add, pg: dict, fig: dict) -> None:
 
 
 def _two_digit(add, td: dict, fig: dict) -> None:
-    """The class-discriminative test: two digits, each class explained in turn."""
-    rows = td["methods"]
-    gc = rows.get("gradcam", {})
+    """The class-discriminative test, ranked by camlib.evaluate."""
+    rows = {e["method"]: e for e in td["summary"]}
     mv = td["model"]
     add("### Two digits: are the maps class-discriminative?\n")
     add(
         f"{td['n_canvases']:,} canvases of {td['canvas_size']}x{td['canvas_size']} pixels carry "
         "two test digits of **different** classes at random places whose ink boxes are at "
         f"least {td['min_gap_px']} px apart. Each canvas is explained twice, once for each "
-        "digit's class; a **hit** is the map's maximum inside *that* digit's box (no "
-        f"tolerance, and with one map cell = {td['map_cell_px']} px of tolerance). A map that "
-        "ignores the class (the same map for both) can hit at most one of the two, so it "
-        "scores at most 50 %; *both hit* is the share of canvases where both maps found "
-        "their own digit, *other digit* the share of maps whose maximum lies on the wrong "
-        f"one. A random point hits {pct(td['random_baseline'], 1)}. The model itself puts "
-        f"both digits' classes in its top 2 for {pct(mv['top2_are_the_two'], 0)} of the "
-        f"canvases and predicts one of them for {pct(mv['predicted_one_of_the_two'], 0)}.\n"
+        "digit's class, by every method: one `camlib.evaluate` call on the canvases repeated "
+        "(targets: the first digits' classes, then the second's; boxes: that digit's box), "
+        "scored by the pointing game (the map's maximum inside *that* digit's box, no "
+        "tolerance) and the energy pointing game (the share of the map's mass inside it). "
+        "A map that ignores the class (the same map for both) can hit at most one of the two "
+        "digits, so it scores at most 50 %. A random point hits "
+        f"{pct(td['random_point'], 1)}. The model itself puts both digits' classes in its top "
+        f"2 for {pct(mv['top2_are_the_two'], 0)} of the canvases and predicts one of them for "
+        f"{pct(mv['predicted_one_of_the_two'], 0)}.\n"
     )
-    add("| method | hits | hits, one cell | both hit | other digit | maps |")
-    add("| --- | --- | --- | --- | --- | --- |")
-    for name, v in rows.items():
-        add(
-            f"| {LABELS.get(name, name)} | {pct(v['hit'], 1)} | {pct(v['hit_one_cell'], 1)} | "
-            f"{pct(v['both_hit'], 1)} | {pct(v['other_digit'], 1)} | {v['n_maps']:,} |"
+    add(td["markdown"])
+    both = td["both_hit"]
+    add(
+        "Both maps of a canvas on their own digit (the per-image pointing-game values): "
+        + ", ".join(f"{name} {pct(both[name], 1)}" for name in td["methods"][:5])
+        + "; "
+        + ", ".join(
+            f"{name} {pct(both[name], 1)}" for name in ("eigencam", "random") if name in both
         )
-    add("")
+        + ".\n"
+    )
+    gc = rows.get("gradcam")
     if gc:
         add(
-            f"Grad-CAM hits {pct(gc['hit'], 1)} ({pct(gc['hit_one_cell'], 1)} with one cell "
-            f"of tolerance): goal >= 90 %, {'met' if gc['hit'] >= 0.9 else '**not met**'}."
+            f"Grad-CAM hits {pct(gc['pointing_game'], 1)}: goal >= 90 %, "
+            f"{'met' if gc['pointing_game'] >= 0.9 else '**not met**'}."
             + _contrast_text(rows)
             + "\n"
         )
-    add(f"![Two-digit test]({fig['two_digit']})\n")
+    add(f"![Two-digit test: every method]({fig['two_digit_leaderboard']})\n")
+    add(f"![Two-digit test: examples]({fig['two_digit']})\n")
 
 
 def _methods(add, r: dict, fig: dict) -> None:
-    """Every registered method side by side."""
-    rows = r["method_table"]
-    pg, td = r["pointing_game"], r["two_digit"]
-    di, sn = r["deletion_insertion"], r["sanity"]
-    tp = r["time_per_image"]
-    batch = next(iter(tp.values()))["batch"]
-    add("## 6. Every method side by side\n")
+    """Every method ranked by camlib.evaluate: the leaderboard and its figure."""
+    lb = r["leaderboard"]
+    rows = {e["method"]: e for e in lb["summary"]}
+    loc = [m for m in lb["metrics"] if m in LOCALISATION]
+    add("## 6. Every method side by side: the leaderboard\n")
     add(
-        "Every method registered in `camlib.available_methods()`, on the improved model's "
-        "layer `block3` (Guided Backprop: the input), on the same images. Signed maps "
-        "(Guided Backprop, Guided Grad-CAM) count as |value| summed over channels. Columns: "
-        f"the pointing game on the translated digits (section 5; {pg['methods']['gradcam']['n']:,} "
-        f"canvases), the two-digit test (hits, no tolerance; {td['methods']['gradcam']['n_maps']:,} "
-        f"maps), deletion and insertion AUC ({di['n_images']} test digits), the rank "
-        "correlation between the maps of the trained and of the fully re-initialised model "
-        f"({sn['methods_n_images']} test digits; near 0 is good), and the time per image. "
-        "Score-CAM and Ablation-CAM run one forward pass per channel (96 here) and image, so "
-        "on the canvases they see only the first "
-        f"{rows.get('scorecam', {}).get('pointing_n', 'n/a')} of each test (their n is in "
-        "`metrics.json`).\n"
+        f"Every registered method ({len(lb['methods']) - 2} here) on the improved model's "
+        "layer `block3` (Guided Backprop: the input), ranked by `camlib.evaluate`, with two "
+        "baseline rows that know nothing about the model: a random map and a centred "
+        "Gaussian blob. Two evaluations make one table (`Leaderboard.from_rows` on their "
+        "per-image rows): the first "
+        f"{lb['n_digits']:,} 28x28 test digits for faithfulness (deletion and insertion in "
+        f"{lb['steps']} steps to and from a black canvas, average drop, increase in "
+        "confidence), sanity (rank correlation with the maps of the fully re-initialised "
+        "model, SSIM with the map of a random other class: lower is better), complexity "
+        "(sparseness, entropy) and cost (milliseconds and forward passes per map); and the "
+        f"first {lb['n_canvases']:,} translated digits of section 5 for localisation ("
+        + ", ".join(loc)
+        + ": the pointing and energy games on the digit's box, relevance mass and rank on "
+        'its ink). On the canvases the model predicts "1" for almost everything (section '
+        "5), so faithfulness, which follows the class probability, is measured on the "
+        "digits alone. Every map explains the true class; signed maps count as |value| "
+        "summed over channels. Rows are sorted by their mean rank over the faithfulness and "
+        "localisation columns.\n"
     )
-    add(
-        "| method | pointing | two digits | deletion AUC (lower) | insertion AUC (higher) | "
-        "randomisation corr. | ms / image | forwards / image |"
-    )
-    add("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for v in rows.values():
+    if lb["skipped"]:
         add(
-            f"| {v['label']} | {pct(v['pointing'], 1)} | {pct(v['two_digit'], 1)} | "
-            f"{num(v['deletion_auc'])} | {num(v['insertion_auc'])} | "
-            f"{num(v['randomization_rank_corr'], 2)} | {v['ms_per_image']:.2f} | "
-            f"{v['forwards_per_image']:.0f} |"
+            "Left out of this run for time: "
+            + ", ".join(f"`{m}`" for m in lb["skipped"])
+            + " (SS-CAM and IS-CAM cost 35 and 10 forward passes per channel and map, SESS "
+            "about 200 times Grad-CAM; `make demo-full` ranks them too).\n"
         )
-    add(
-        f"| random map | | | {num(r['deletion_auc']['random'])} | "
-        f"{num(r['insertion_auc']['random'])} | | | |"
-    )
-    add("")
-    add(
-        f"Time per image: one call on the same batch of {batch} test digits (28x28), "
-        "`time.perf_counter`, the median of "
-        f"{next(iter(tp.values()))['repeats']} call(s) after a warm-up, divided by the batch; "
-        f"{r['versions']['torch_threads']} torch thread(s) on a machine other work may share. "
-        "It is **indicative**: compare methods by their ratio, not by the absolute numbers "
-        "(`benchmarks/` has the careful measurements). *Forwards / image* counts the images "
-        "the model's forward saw per explained image (the gradient methods also run one "
-        "backward pass).\n"
-    )
+    if lb["dropped"]:
+        add(
+            "Dropped because they raised on this model: "
+            + "; ".join(f"`{k}`: {v}" for k, v in lb["dropped"].items())
+            + "\n"
+        )
+    add(lb["markdown"])
+    add(f"![Leaderboard]({fig['leaderboard']})\n")
+    best, gc, rnd = lb["methods"][0], rows.get("gradcam"), rows["random"]
+    text = [f"**{best}** ranks first."]
+    if gc:
+        place = lb["methods"].index("gradcam") + 1
+        text.append(
+            f"Grad-CAM ranks {place} of {len(lb['methods'])}: deletion {num(gc['deletion'])} "
+            f"(random map {num(rnd['deletion'])}), insertion {num(gc['insertion'])} "
+            f"({num(rnd['insertion'])}), pointing game {pct(gc['pointing_game'], 1)} "
+            f"({pct(rnd['pointing_game'], 1)})."
+        )
+    beaten = [
+        m
+        for m in lb["methods"]
+        if m not in ("random", "gaussian")
+        and lb["methods"].index(m) > lb["methods"].index("random")
+    ]
+    if beaten:
+        text.append("Ranked below the random map: " + ", ".join(f"`{m}`" for m in beaten) + ".")
     eig = rows.get("eigencam")
-    if eig and eig["pointing"] < 0.5:
-        add(
-            f"Eigen-CAM points at the digit for only {pct(eig['pointing'], 1)} of the "
-            f"one-digit canvases (a random point: {pct(pg['random_baseline'], 1)}): most "
-            "positions of a 56x56 canvas are empty, so the first principal component of the "
-            "layer's activations is the background's pattern, and its maximum lands off the "
-            "digit. Class-agnostic and unsupervised, it shows what dominates the activations, "
-            "which here is not the object.\n"
+    if eig and eig.get("pointing_game", 1) < 0.5:
+        text.append(
+            f"Eigen-CAM points at the digit for only {pct(eig['pointing_game'], 1)} of the "
+            "canvases: most positions of a 56x56 canvas are empty, so the first principal "
+            "component of the layer's activations is the background's pattern."
         )
-    add(f"![Every method]({fig['methods']})\n")
+    add(" ".join(text) + "\n")
+    add(
+        "*ms_per_map* is the wall time of each method's call on a batch of 100 divided by "
+        "the batch, on a machine other work may share: compare methods by their ratio. "
+        "*forwards_per_map* counts the images the model's forward saw per map (the "
+        "gradient methods also run one backward pass).\n"
+    )
 
 
 def _contrast_text(rows: dict) -> str:
@@ -524,21 +540,22 @@ def _contrast_text(rows: dict) -> str:
     gbp, eig = rows.get("guided_backprop"), rows.get("eigencam")
     if eig:
         parts.append(
-            f"Eigen-CAM is class-agnostic by construction (one map for both classes: both hit "
-            f"{pct(eig['both_hit'], 1)}), so it scores {pct(eig['hit'], 1)}."
+            f"Eigen-CAM is class-agnostic by construction (one map for both classes), so it "
+            f"scores {pct(eig['pointing_game'], 1)}."
         )
-    if gbp and gbp["hit"] <= 0.6:
+    if gbp and gbp["pointing_game"] <= 0.6:
         parts.append(
             f"Guided Backprop, the usual non-discriminative contrast, scores "
-            f"{pct(gbp['hit'], 1)}: its maps reconstruct the digits whatever the class."
+            f"{pct(gbp['pointing_game'], 1)}: its maps reconstruct the digits whatever the class."
         )
     elif gbp:
         parts.append(
             f"Guided Backprop, usually the non-discriminative contrast, scores "
-            f"{pct(gbp['hit'], 1)} here: in this small network the class enters the guided "
-            "gradient through which of the last layer's channels get a positive gradient, "
-            "and those channels are specific enough to the digit. Its class-insensitivity "
-            "(Adebayo et al., 2018; Nie et al., 2018) is a finding about deep networks; do "
-            "not read this result as a licence to use it as a class explanation."
+            f"{pct(gbp['pointing_game'], 1)} here: in this small network the class enters the "
+            "guided gradient through which of the last layer's channels get a positive "
+            "gradient, and those channels are specific enough to the digit. Its "
+            "class-insensitivity (Adebayo et al., 2018; Nie et al., 2018) is a finding about "
+            "deep networks; do not read this result as a licence to use it as a class "
+            "explanation."
         )
     return " " + " ".join(parts) if parts else ""
