@@ -7,6 +7,8 @@ further from the user's mistake. Inputs are (N, C, *positions): (N, C, L) signal
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -82,6 +84,14 @@ def check_inputs(
             f"inputs.permute(2, 0, 1).unsqueeze(0) to get (1, C, H, W)."
         )
     expected = f"(N, C, {'L' if rank == 3 else 'D, H, W' if rank == 5 else 'H, W'})"
+    mismatch = (rank is not None and inputs.dim() != rank) or (
+        channels is not None and 3 <= inputs.dim() <= 5 and shape[1] != channels
+    )
+    if mismatch and shape[0] > 0 and not _conv_reads_input(model, conv, inputs):
+        # The first convolution reads something the model made from the input (TResNet's
+        # space-to-depth, CSATv2's DCT stem, a video model folding frames into the
+        # batch): its channel count and rank say nothing about the input.
+        rank = channels = None
     if rank is not None and inputs.dim() != rank:
         raise InputError(
             f"inputs must have shape {expected} for a model whose first layer is "
@@ -112,8 +122,13 @@ def check_inputs(
             f"inputs must be a floating-point tensor, got {inputs.dtype}; convert images "
             f"with .float() (and normalise them as the model expects)"
         )
-    if inputs.device.type != "meta" and not bool(torch.isfinite(inputs).all()):
+    # One reduction on the common path: a NaN or Inf makes the sum non-finite; only then
+    # (or when a huge finite sum overflows) are the non-finite values counted.
+    if inputs.device.type != "meta" and not bool(torch.isfinite(inputs.sum())):
         bad = int((~torch.isfinite(inputs)).sum())
+    else:
+        bad = 0
+    if bad:
         raise InputError(
             f"inputs hold {bad} non-finite value(s) (NaN or Inf) out of {inputs.numel()}; "
             f"the maps would be NaN. Clean or mask them first."
@@ -121,6 +136,53 @@ def check_inputs(
     # The dtype is left to the model: its forward may cast (torch names any mismatch).
     device = model_device(model)
     return inputs if device is None or inputs.device == device else inputs.to(device)
+
+
+class _Reached(Exception):
+    """Stops the check's forward pass at the first convolution."""
+
+
+def _conv_reads_input(model: nn.Module, conv: nn.Module | None, inputs: torch.Tensor) -> bool:
+    """Whether ``conv`` receives ``inputs`` itself (its values, same shape) in a forward.
+
+    Runs only when the shapes disagree with the first convolution, and only up to that
+    convolution (a hook stops the pass there), on the first image; the buffers of a model
+    in training mode are put back. A model that fails before reaching it counts as
+    reading its input (the channel message is then the useful one); one that finishes
+    without calling it does not.
+    """
+    if conv is None or inputs.device.type == "meta":
+        return True
+    owner = threading.get_ident()
+    seen: list[bool] = []
+    sample = inputs[:1]
+
+    def check(module: nn.Module, args: tuple) -> None:
+        if threading.get_ident() != owner:
+            return
+        first = args[0] if args else None
+        seen.append(
+            isinstance(first, torch.Tensor)
+            and first.shape == sample.shape
+            and bool(torch.equal(first.to(sample.dtype), sample.to(first.device)))
+        )
+        raise _Reached
+
+    saved = [(b, b.clone()) for b in model.buffers()] if model.training else []
+    handle = conv.register_forward_pre_hook(check)
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            model(sample.clone() if sample.is_inference() else sample)
+    except _Reached:
+        pass
+    except Exception:  # noqa: BLE001 - the model cannot run this input anyway
+        return True
+    finally:
+        handle.remove()
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+    return bool(seen) and seen[0]  # a forward that never reached it: it reads no input
 
 
 def _channel_fits(first: int, channels: int | None) -> bool:

@@ -321,3 +321,73 @@ class DetectionTarget:
                 )
             scores.append(total)
         return torch.stack(scores)
+
+
+class YOLOTarget:
+    r"""Score of one detection in the raw output of an ultralytics YOLO head (v8, 11).
+
+    In eval mode ultralytics' ``Detect`` head returns ``(y, features)`` with ``y`` of shape
+    (N, 4 + K, A): per anchor ``a``, a box ``cx, cy, w, h`` in input pixels and K class
+    scores (after the sigmoid). The score explained for image n is
+
+    .. math:: s_n = y_{n,\,4 + c_n,\,a_n}
+
+    the class-:math:`c_n` score of anchor :math:`a_n`. The anchor is ``anchor`` when given;
+    otherwise the anchor whose box best overlaps ``box`` (``x1, y1, x2, y2``, IoU), or
+    else the anchor with the highest score (of ``category``, or of any class). The class
+    is ``category`` when given, else the anchor's best class. The anchors and classes
+    chosen by the last call are in ``anchors`` and ``classes``.
+
+    >>> cam = camlib.GradCAM(yolo.model, "model.15")  # doctest: +SKIP
+    >>> maps = cam(x, targets=camlib.targets.YOLOTarget(category=0))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        category: int | None = None,
+        *,
+        anchor: int | None = None,
+        box: Sequence[float] | torch.Tensor | None = None,
+    ) -> None:
+        self.category = None if category is None else _as_index(category)
+        self.anchor = None if anchor is None else _as_index(anchor)
+        self.box = None if box is None else torch.as_tensor(box, dtype=torch.float32)
+        if self.box is not None and self.box.shape != (4,):
+            raise TargetError(f"YOLOTarget box must be 4 numbers x1, y1, x2, y2, got {box!r}")
+        self.anchors: torch.Tensor | None = None
+        self.classes: torch.Tensor | None = None
+
+    def __call__(self, output: object) -> torch.Tensor:
+        raw = output[0] if isinstance(output, (tuple, list)) and output else output
+        if not isinstance(raw, torch.Tensor) or raw.dim() != 3 or raw.shape[1] < 5:
+            raise TargetError(
+                f"YOLOTarget needs the raw YOLO head output (N, 4 + classes, anchors) (or a "
+                f"tuple starting with it: ultralytics' Detect in eval mode); the model "
+                f"returned {_describe(output)}"
+            )
+        n, width, count = raw.shape
+        k = width - 4
+        if self.category is not None and not 0 <= self.category < k:
+            raise TargetError(f"YOLOTarget class {self.category} is out of range for {k} classes")
+        if self.anchor is not None and not 0 <= self.anchor < count:
+            raise TargetError(f"YOLOTarget anchor {self.anchor} is out of range for {count}")
+        scores = raw[:, 4:].detach()  # (N, K, A)
+        if self.anchor is not None:
+            anchors = torch.full((n,), self.anchor, device=raw.device, dtype=torch.long)
+        elif self.box is not None:
+            xywh = raw[:, :4].detach().transpose(1, 2)  # (N, A, 4)
+            boxes = torch.cat(
+                [xywh[..., :2] - xywh[..., 2:] / 2, xywh[..., :2] + xywh[..., 2:] / 2], -1
+            )
+            box = self.box.to(raw.device, boxes.dtype)[None]
+            anchors = box_iou(box, boxes.reshape(-1, 4)).view(n, count).argmax(1)
+        else:
+            best = scores[:, self.category] if self.category is not None else scores.amax(1)
+            anchors = best.argmax(1)  # (N,)
+        if self.category is not None:
+            classes = torch.full((n,), self.category, device=raw.device, dtype=torch.long)
+        else:
+            classes = scores.gather(2, anchors[:, None, None].expand(n, k, 1))[..., 0].argmax(1)
+        self.anchors, self.classes = anchors, classes
+        rows = torch.arange(n, device=raw.device)
+        return raw[rows, 4 + classes, anchors]
