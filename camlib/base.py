@@ -20,7 +20,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
-from .capture import Capture, Edit, Graph, run_forward
+from .capture import Capture, Edit, Graph, outside_inference_mode, run_forward
 from .errors import InputError, LayerError, MethodError, TargetError, warn
 from .guided_relu import GuideSwitch
 from .inputs import check_inputs, first_conv
@@ -312,11 +312,15 @@ class Explainer:
                 )
             self._forward_args = _as_args(additional_forward_args)
             self._differentiable = differentiable
+            grad_before = torch.is_grad_enabled()
             try:
                 # Gradients are needed whatever the caller's mode (no_grad, inference_mode);
                 # the caller's mode is back on return, and maps carry no autograd history
                 # (differentiable=True: grad mode is on and inference mode off, checked above).
-                with torch.inference_mode(False), torch.enable_grad():
+                # Grad mode is switched by plain calls, restored in `finally`.
+                size = tuple(inputs.shape[2:])
+                with outside_inference_mode():
+                    torch.set_grad_enabled(True)
                     if inputs.is_inference():  # made under torch.inference_mode(): copy out
                         inputs = inputs.clone()
                     if self.uses_layer:
@@ -324,11 +328,12 @@ class Explainer:
                     raw = self.attribute(inputs, targets)
                     if differentiable:
                         raws = self._with_graph(raw if isinstance(raw, list) else [raw])
-                        return self.postprocess(raws, tuple(inputs.shape[2:]), upsample, normalize)
-                with torch.no_grad():
-                    raws = [r.detach() for r in (raw if isinstance(raw, list) else [raw])]
-                    return self.postprocess(raws, tuple(inputs.shape[2:]), upsample, normalize)
+                        return self.postprocess(raws, size, upsample, normalize)
+                torch.set_grad_enabled(False)
+                raws = [r.detach() for r in (raw if isinstance(raw, list) else [raw])]
+                return self.postprocess(raws, size, upsample, normalize)
             finally:
+                torch.set_grad_enabled(grad_before)
                 self._forward_args = ()
                 self._differentiable = False
 

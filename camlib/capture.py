@@ -157,6 +157,14 @@ class _Hooks:
                 )
 
 
+_NO_OP = contextlib.nullcontext()
+
+
+def outside_inference_mode() -> contextlib.AbstractContextManager:
+    """``torch.inference_mode(False)`` when inference mode is on, else a shared no-op."""
+    return torch.inference_mode(False) if torch.is_inference_mode_enabled() else _NO_OP
+
+
 def run_forward(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -186,25 +194,22 @@ def run_forward(
     grad_before = torch.is_grad_enabled()
     try:
         hooks.install()
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.inference_mode(False))
+        # Grad mode is set by plain calls (restored in `finally`), and inference mode is left
+        # only when it is on: a context manager per switch costs more than a small kernel.
+        with outside_inference_mode(), _NO_OP if guide is None else GuidedReLUMode(guide):
             fed = inputs
             if graph == "from_input":
-                stack.enter_context(torch.enable_grad())
+                torch.set_grad_enabled(True)
                 inputs = inputs.detach().requires_grad_(True)
                 fed = inputs.clone()  # a model may modify its input in place; a leaf cannot be
-            elif graph == "full":
-                stack.enter_context(torch.enable_grad())
             else:
-                stack.enter_context(torch.no_grad())
-            if guide is not None:
-                stack.enter_context(GuidedReLUMode(guide))
+                torch.set_grad_enabled(graph == "full")
             output = model(fed, *forward_args)
             hooks.check_all_ran()
             scores = classes = None
             if select:
-                with torch.set_grad_enabled(graph != "none"):
-                    scores, classes = select_scores(output, targets, inputs.shape[0])
+                torch.set_grad_enabled(graph != "none")
+                scores, classes = select_scores(output, targets, inputs.shape[0])
     finally:
         hooks.remove()
         torch.set_grad_enabled(grad_before)
