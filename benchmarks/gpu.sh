@@ -5,6 +5,8 @@
 # memory study; batch sizes 1, 16, 64; float32, no autocast (AMP off).
 #
 #   bash benchmarks/gpu.sh            # from the repository root, on a machine with one GPU
+#   bash benchmarks/gpu.sh throughput # only the throughput benchmark
+#   bash benchmarks/gpu.sh metrics    # only camlib's metrics against Quantus (below)
 #
 # Sized to finish in about 6 minutes on one H100 (estimated, not yet run: no GPU was lent
 # where it was written); a hard stop at 470 s of measurement (SIGINT) still writes the
@@ -24,10 +26,23 @@ import torch
 assert torch.cuda.is_available(), "benchmarks/gpu.sh needs CUDA (torch.cuda.is_available() is False)"
 print("GPU:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| CUDA", torch.version.cuda)
 EOF
+WHAT=${1:-all}
+if [ "$WHAT" = all ] || [ "$WHAT" = throughput ]; then
 timeout --signal=INT 470 "$PY" benchmarks/throughput.py --device cuda \
     --models mnist,resnet18,resnet50,vit_b_16 --batch-sizes 1,16,64 \
     --perturbation-at mnist@28,resnet18@224=16 --perturbation-batch 256 \
     --scorecam-memory resnet18@224 \
     --compare pytorch-grad-cam,captum,torchcam \
     --rounds 3 --block-seconds 0.2 --no-progress --out "$OUT"
+fi
+# camlib's metrics against Quantus 0.6.0 on the GPU (benchmarks/metrics_vs_quantus.py):
+# every shared metric on the MNIST net (batch 64) and ResNet-18 at 224x224 (batch 32), the
+# values checked against Quantus's, the forward passes / explanations alone as the floor.
+# Estimated 3-4 minutes on one H100 (not yet run: no GPU was lent where it was written);
+# a hard stop at 300 s. Writes benchmarks/results/cuda/metrics_vs_quantus.{json,md}.
+if [ "$WHAT" = all ] || [ "$WHAT" = metrics ]; then
+timeout --signal=INT 300 "$PY" benchmarks/metrics_vs_quantus.py --device cuda --threads 2 \
+    --models mnist,resnet18 --size 224 --batch mnist=64,resnet18=32 --repeats 3 \
+    --fc-runs 100 --out "$OUT"
+fi
 # docs: python docs/gen_figures.py   (copies the tables and plots into docs/)

@@ -154,3 +154,55 @@ def test_missing_peer_is_skipped_not_fatal(tmp_path: Path) -> None:
     assert any(n.startswith("torchcam skipped") for n in report["notes"])
     assert "torchcam_gradcam" not in report["results"][0]["contenders"]
     assert report["meta"]["versions"]["torchcam"] is None
+
+
+# -- benchmarks/metrics_vs_quantus.py -------------------------------------------------------
+
+QUANTUS_SCRIPT = ROOT / "benchmarks" / "metrics_vs_quantus.py"
+# one metric of each kind: model forwards (deletion, faithfulness correlation), maps only
+# (pointing game, sparseness), re-explaining (random logit, MPRT)
+SMOKE_METRICS = ("deletion", "faithfulness_correlation", "pointing_game", "sparseness",
+                 "random_logit", "mprt")  # fmt: skip
+
+
+@pytest.mark.skipif(not _installed("quantus"), reason="quantus is not installed")
+def test_metrics_vs_quantus_quick(tmp_path: Path) -> None:
+    """A --quick run on the MNIST net (4 images, 1 repeat): every metric measured on both
+    sides, the values equal to Quantus's (randomness aligned), the floors and the load
+    recorded, camlib.evaluate timed, the Markdown table written."""
+    cmd = [
+        sys.executable, str(QUANTUS_SCRIPT), "--quick", "--threads", "1",
+        "--metrics", ",".join(SMOKE_METRICS), "--out", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout}\n{proc.stderr}"
+    report = json.loads((tmp_path / "metrics_vs_quantus.json").read_text())
+    assert report["meta"]["versions"]["quantus"] == "0.6.0"
+    assert report["meta"]["threads"] == 1 and report["meta"]["load_start"] >= 0
+    (cfg,) = report["configs"]
+    assert (cfg["model"], cfg["resolution"], cfg["batch"]) == ("mnist", 28, 4)
+    rows = {r["metric"]: r for r in cfg["rows"]}
+    assert tuple(rows) == SMOKE_METRICS
+    for key, row in rows.items():
+        assert row["agreement"]["status"] == "agree", (key, row["agreement"])
+        assert row["agreement"]["max_abs_diff"] <= report["tolerance"], key
+        assert row["agreement"]["compared"] >= 4, key  # every image (or curve point) compared
+        assert row["camlib_ms"] > 0 and row["quantus_ms"] > 0, key
+        assert row["ratio"]["median"] == pytest.approx(
+            row["runs"]["quantus"][0]["wall_s"] / row["runs"]["camlib"][0]["wall_s"]
+        )
+        for t in row["runs"]["camlib"] + row["runs"]["quantus"]:
+            assert t["cpu_s"] > 0 and t["load_before"] >= 0 and t["load_after"] >= 0, key
+    # the floors: deletion's 4 steps are 5 forwards for camlib, 4 for Quantus; MPRT explains
+    # once per cascade layer (conv x3, BN x3, fc on the MNIST net), Quantus once more
+    assert rows["deletion"]["floor"]["camlib_units"] == 5
+    assert rows["deletion"]["floor"]["quantus_units"] == 4
+    assert (rows["mprt"]["floor"]["camlib_units"], rows["mprt"]["floor"]["quantus_units"]) == (7, 8)
+    assert rows["mprt"]["floor"]["unit"] == "explain" and rows["mprt"]["floor"]["ms"] > 0
+    assert "floor" not in rows["sparseness"]  # reads the maps only
+    ev = cfg["evaluate"]
+    assert ev["camlib_ms"] > 0 and len(ev["metrics"]) == len(SMOKE_METRICS)
+    md = (tmp_path / "metrics_vs_quantus.md").read_text()
+    assert "| metric | camlib ms | Quantus ms | ratio |" in md
+    assert md.count("| yes (") == len(SMOKE_METRICS)
+    assert "load average" in md and "camlib.evaluate" in md
