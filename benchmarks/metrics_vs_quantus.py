@@ -23,10 +23,11 @@ under which they compute the same thing (those tests/test_metrics_*.py check):
 The first call of each side (untimed, also the warm-up) runs with the randomness of the
 two libraries aligned (the same subsets, noise, other classes, layer seeds) and its values
 are compared; the timed calls then use each library's own randomness. Wall time and process
-CPU time are measured over ``--repeats`` interleaved calls (camlib, Quantus, camlib, ...),
-with the 1-minute load average before and after each call; a metric whose calls saw a load
-above ``--max-load`` is measured again (``--reruns``) and the attempt with the lowest load
-is kept. The forward passes (or explanations) a metric cannot avoid are timed alone, so
+CPU time are measured over ``--repeats`` repeats; in each, camlib, Quantus and the floor (the
+forward passes or explanations the metric needs, alone) run one timed block of calls in an
+order rotated every repeat, with the 1-minute load average before and after each block; a
+metric whose blocks saw a load above ``--max-load`` is measured again (``--reruns``) and
+the attempt with the lowest load is kept. The forward passes (or explanations) a metric cannot avoid are timed alone, so
 that a ratio far from 10x can be read against the bound the model imposes on both.
 Finally ``camlib.evaluate`` runs the same metrics end to end (Grad-CAM, no baselines).
 """
