@@ -27,7 +27,7 @@ CPU time are measured over ``--repeats`` repeats; in each, camlib, Quantus and t
 forward passes or explanations the metric needs, alone) run one timed block of calls in an
 order rotated every repeat, with the 1-minute load average before and after each block; a
 metric whose blocks saw a load above ``--max-load`` is measured again (``--reruns``) and
-the attempt with the lowest load is kept. The forward passes (or explanations) a metric cannot avoid are timed alone, so
+the attempt with the lowest load is kept. The floor bounds any speed-up, so
 that a ratio far from 10x can be read against the bound the model imposes on both.
 Finally ``camlib.evaluate`` runs the same metrics end to end (Grad-CAM, no baselines).
 """
