@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:  # `examples` is not installed; import it from the
 
 from examples.imagenet import photos  # noqa: E402
 from examples.imagenet.model import CAT_CLASSES, categories, crop_resize, to_tensor  # noqa: E402
-from examples.imagenet.run import half_share, main, peak_side  # noqa: E402
+from examples.imagenet.run import half_share, main, peak_side, read_boxes  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -59,6 +59,36 @@ def test_photos_load_offline_as_224_crops():
     ]  # fmt: skip
 
 
+def test_committed_boxes_cover_every_photo_inside_the_input():
+    boxes = read_boxes()
+    assert list(boxes) == list(photos.PHOTOS)  # the file's order is the photos' order
+    assert boxes["chelsea"] == {"box": (24, 48, 208, 224), "object": "the cat's face"}
+    assert boxes["rocket"]["box"] == (96, 64, 124, 220)
+    for name, b in boxes.items():
+        x0, y0, x1, y1 = b["box"]
+        assert 0 <= x0 < x1 <= 224 and 0 <= y0 < y1 <= 224, name
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("dog,0,0,10,10,a dog", "unknown photo 'dog'"),
+        ("coffee,40,0,230,150,cup", "the box of 'coffee' is (40, 0, 230, 150)"),
+        ("coffee,40,50,180,50,cup", "need 0 <= x0 < x1 <= 224"),
+        ("coffee,4.5,0,180,150,cup", "must be 4 whole pixels"),
+        ("chelsea,1,1,9,9,cat\nchelsea,2,2,9,9,cat", "photo 'chelsea' has two boxes"),
+    ],
+)
+def test_bad_boxes_are_refused_naming_the_photo(tmp_path, line, message):
+    path = tmp_path / "boxes.csv"
+    path.write_text(f"# a comment\nphoto,x0,y0,x1,y1,object\n{line}\n")
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_boxes(path)
+    path.write_text("name,x0,y0,x1,y1,object\nchelsea,1,1,9,9,cat\n")
+    with pytest.raises(ValueError, match="the header must be photo,x0,y0,x1,y1,object"):
+        read_boxes(path)
+
+
 # -- the --quick run end to end -----------------------------------------------------------------
 
 
@@ -71,7 +101,7 @@ def quick(tmp_path_factory):
 
 def test_quick_run_writes_report_and_figures(quick):
     out, m = quick
-    for name in ("photo_chelsea", "photo_coffee", "overview", "canvas", "home_cat"):
+    for name in ("photo_chelsea", "photo_coffee", "overview", "canvas", "home_cat", "leaderboard"):
         assert m["figures"][name] == f"{name}.png"
         assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
     report = (out / "report.md").read_text()
@@ -102,3 +132,34 @@ def test_canvas_each_class_explained_in_its_own_half(quick):
                 assert res["share_in_own_half"] > 0.8, (method, photo, res)
                 assert res["peak_in_own_half"], (method, photo)
     assert cv["mean_share_in_own_half"]["gradcam"] > 0.85
+
+
+DEFAULT_COLUMNS = [
+    "deletion", "insertion", "average_drop", "increase_in_confidence",
+    "pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank",
+    "randomisation", "random_logit", "sparseness", "complexity", "ms_per_map", "forwards_per_map",
+]  # fmt: skip
+"""camlib.evaluate's default metrics with boxes, in its category order."""
+
+
+def test_quick_leaderboard_comes_from_camlib_evaluate_with_the_boxes(quick):
+    out, m = quick
+    lb = m["leaderboard"]
+    assert set(lb["methods"]) == {"gradcam", "guided_gradcam", "random", "gaussian"}
+    assert lb["metrics"] == DEFAULT_COLUMNS and not lb["dropped"]
+    assert lb["photos"] == ["chelsea", "coffee"]
+    boxes = read_boxes()  # metrics.json keeps each box as a list
+    assert lb["boxes"] == {n: {**boxes[n], "box": list(boxes[n]["box"])} for n in lb["photos"]}
+    rows = {e["method"]: e for e in lb["summary"]}
+    for e in rows.values():
+        assert all(e[f"{c}_n"] == 2 for c in DEFAULT_COLUMNS), e["method"]
+    # the centred blob's maximum is the image centre (111.5, 111.5): inside both boxes
+    assert rows["gaussian"]["pointing_game"] == 1.0
+    assert rows["gradcam"]["forwards_per_map"] == 1.0 and rows["random"]["ms_per_map"] >= 0
+    for name in ("leaderboard.csv", "per_image.csv", "leaderboard.png"):
+        assert (out / name).is_file(), name
+    table = (out / "leaderboard.md").read_text()
+    assert table == lb["markdown"] and table.startswith("| # | method | mean rank |")
+    report = (out / "report.md").read_text()
+    assert table in report and "## Which map to trust here: every method ranked" in report
+    assert "| chelsea | 24, 48, 208, 224 | the cat's face |" in report

@@ -121,11 +121,78 @@ def write_report(path: Path, r: dict) -> None:
     add("50 % is no preference for either half.\n")
     add(f"![Two photos side by side, each class explained]({fig['canvas']})\n")
 
+    if "leaderboard" in r:
+        _leaderboard(add, r["leaderboard"], fig)
+
     add("## Time per method\n")
-    add("Wall time of all of each method's calls (every photo and the canvas):\n")
+    add("Wall time of all of each method's calls for the figures (every photo and the canvas):\n")
     add("| method | seconds |")
     add("| --- | ---: |")
     for m, t in r["method_seconds"].items():
         add(f"| `{m}` | {t:.1f} |")
     add("")
+    if "leaderboard" in r:
+        add(f"The leaderboard took {r['leaderboard']['seconds']:.0f} s.\n")
     path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _leaderboard(add, lb: dict, fig: dict) -> None:
+    """Every method ranked by camlib.evaluate on the photos, with the hand-drawn boxes."""
+    rows = {e["method"]: e for e in lb["summary"]}
+    n = len(lb["photos"])
+    add("## Which map to trust here: every method ranked\n")
+    add(
+        f"`camlib.evaluate` explains each of the {n} photos for the model's top class with "
+        f"every method ({len(lb['methods']) - 2} here) and two baselines that know nothing "
+        "about the model (a random map and a centred Gaussian blob), and scores every map: "
+        "faithfulness (deletion from a black image and insertion into a blurred one, 20 steps; "
+        "average drop and increase in confidence), localisation against a box drawn by hand "
+        "around the object of each photo (`examples/imagenet/boxes.csv`, in the 224 x 224 "
+        "input), sanity (the maps' rank correlation with those of the fully re-initialised "
+        "model, and their SSIM with the map of a random other class: lower is better), "
+        "complexity and cost. Rows are sorted by their mean rank over the faithfulness and "
+        "localisation columns; the intervals are 95 % bootstrap intervals over the photos, "
+        f"wide with {n} photos: read the order of close rows as a tie.\n"
+    )
+    add("| photo | box (x0, y0, x1, y1) | object |")
+    add("| --- | --- | --- |")
+    for name, b in lb["boxes"].items():
+        add(f"| {name} | {', '.join(str(c) for c in b['box'])} | {b['object']} |")
+    add("")
+    if lb["left_out"]:
+        add(
+            "Not ranked here: "
+            + ", ".join(f"`{m}`" for m in lb["left_out"])
+            + " (the perturbation methods cost one forward pass per channel of the layer, "
+            "1280 here, several for SS-CAM and IS-CAM, per map and per re-explanation; "
+            "LeGrad explains transformers). `--leaderboard NAME ...` ranks any list.\n"
+        )
+    if lb["dropped"]:
+        add(
+            "Dropped because they raised on this model: "
+            + "; ".join(f"`{k}`: {v}" for k, v in lb["dropped"].items())
+            + "\n"
+        )
+    add(lb["markdown"])
+    if "leaderboard" in fig:
+        add(f"![Every method ranked on the photos]({fig['leaderboard']})\n")
+    best, rnd, gauss = lb["methods"][0], rows["random"], rows["gaussian"]
+    text = [f"**{best}** ranks first."]
+    gc = rows.get("gradcam")
+    if gc:
+        text.append(
+            f"Grad-CAM ranks {lb['methods'].index('gradcam') + 1} of {len(lb['methods'])}; "
+            f"its maximum falls in the box for {pct(gc['pointing_game'])} of the photos "
+            f"(random map {pct(rnd['pointing_game'])}, centred blob "
+            f"{pct(gauss['pointing_game'])})."
+        )
+    below = lb["methods"][lb["methods"].index("random") + 1 :]
+    below = [m for m in below if m not in ("random", "gaussian")]
+    if below:
+        text.append("Ranked below the random map: " + ", ".join(f"`{m}`" for m in below) + ".")
+    if lb["methods"].index("gaussian") < len(lb["methods"]) // 2:
+        text.append(
+            "The centred blob ranks in the upper half: the objects of these photos sit near "
+            "the centre, which is why a localisation score needs this baseline beside it."
+        )
+    add(" ".join(text) + "\n")

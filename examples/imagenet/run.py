@@ -1,7 +1,8 @@
 """The ImageNet example, step by step, and its command line.
 
-``python -m examples.imagenet --out DIR [--quick]`` writes ``report.md``, its figures and
-``metrics.json`` to ``--out``. Nothing is random: the weights, the photos and every
+``python -m examples.imagenet --out DIR [--quick]`` writes ``report.md``, its figures,
+``metrics.json`` and the leaderboard (``leaderboard.{md,csv,png}``, ``per_image.csv``) to
+``--out``. Nothing is random: the weights, the photos and every
 method are deterministic, so a rerun gives the same numbers (up to the floating-point
 order of another thread count).
 """
@@ -9,6 +10,7 @@ order of another thread count).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -23,7 +25,7 @@ import torch
 import camlib
 
 from . import figures, photos
-from .model import HEAD_LAYER, MissingExtra, categories, load_lite0, normalize
+from .model import HEAD_LAYER, SIZE, MissingExtra, categories, load_lite0, normalize
 from .model import to_uint8 as rgb
 from .report import write_report
 
@@ -52,19 +54,88 @@ def method_names() -> list[str]:
     return [n for n in ORDER if n in names] + sorted(names.difference(ORDER))
 
 
+BOXES = Path(__file__).with_name("boxes.csv")
+"""Hand-drawn boxes of the object in each photo, in the 224 x 224 input frame."""
+
+
+def read_boxes(path: Path = BOXES) -> dict[str, dict]:
+    """The boxes file: photo -> ``{"box": (x0, y0, x1, y1), "object": what it is}``.
+
+    Lines starting with ``#`` are comments; the header is ``photo,x0,y0,x1,y1,object``;
+    coordinates are whole pixels of the 224 x 224 input with exclusive upper bounds
+    (``0 <= x0 < x1 <= 224``, the same for y). Raises ``ValueError`` naming the photo and
+    the problem (unknown photo, a repeated photo, a box outside the image)."""
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    reader = csv.DictReader(ln for ln in lines if not ln.startswith("#"))
+    want = ["photo", "x0", "y0", "x1", "y1", "object"]
+    if reader.fieldnames != want:
+        raise ValueError(f"{path}: the header must be {','.join(want)}, got {reader.fieldnames}")
+    out: dict[str, dict] = {}
+    for r in reader:
+        name = r["photo"]
+        if name not in photos.PHOTOS:
+            raise ValueError(f"{path}: unknown photo {name!r}; known: {', '.join(photos.PHOTOS)}")
+        if name in out:
+            raise ValueError(f"{path}: photo {name!r} has two boxes")
+        try:
+            x0, y0, x1, y1 = (int(r[k]) for k in ("x0", "y0", "x1", "y1"))
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: the box of {name!r} must be 4 whole pixels") from None
+        if not (0 <= x0 < x1 <= SIZE and 0 <= y0 < y1 <= SIZE):
+            raise ValueError(
+                f"{path}: the box of {name!r} is {(x0, y0, x1, y1)}; need 0 <= x0 < x1 <= {SIZE} "
+                f"and 0 <= y0 < y1 <= {SIZE} (pixels of the input, upper bounds exclusive)"
+            )
+        out[name] = {"box": (x0, y0, x1, y1), "object": r["object"]}
+    return out
+
+
+def slow(name: str) -> bool:
+    """A perturbation method: one forward pass per channel of the layer (1280 here) and
+    image, several for SS-CAM and IS-CAM."""
+    from camlib.methods.families import PerturbationCAM
+
+    return issubclass(camlib.get_method(name), PerturbationCAM)
+
+
+def leaderboard_methods() -> list[str]:
+    """Every registered method that explains a CNN in reasonable time on a CPU: not the
+    perturbation methods (:func:`slow`), nor those that read attention maps (LeGrad)."""
+    return [
+        m
+        for m in method_names()
+        if not slow(m) and not getattr(camlib.get_method(m), "needs_attention", False)
+    ]
+
+
 @dataclass
 class Settings:
     """What to explain. :meth:`default` is the full example, :meth:`quick` the CI run."""
 
     photos: tuple[str, ...] = tuple(photos.PHOTOS)
-    methods: tuple[str, ...] | None = None
-    """Method names (``None``: every method camlib offers)."""
+    methods: tuple[str, ...] | None = (
+        "cam",
+        "gradcam",
+        "gradcam++",
+        "xgradcam",
+        "layercam",
+        "hirescam",
+        "eigencam",
+        "guided_backprop",
+        "guided_gradcam",
+    )
+    """Methods drawn in the figures and measured on the canvas (``None``: every method
+    camlib offers)."""
     top_k: int = 3
     canvas: tuple[str, str] = ("chelsea", "coffee")
-    slow_methods: tuple[str, ...] = ("scorecam", "ablationcam")
+    slow_methods: tuple[str, ...] = ("scorecam", "ablationcam", "sscam", "iscam")
     """Methods that cost one forward pass per channel (1280 on Lite0's head, about a
-    minute per map on 2 CPU cores): run only on :attr:`slow_photos` and the canvas."""
+    minute per map on 2 CPU cores), or several: run only on :attr:`slow_photos` and the
+    canvas."""
     slow_photos: tuple[str, ...] = ("chelsea",)
+    leaderboard: tuple[str, ...] | None = None
+    """Methods ranked by :func:`camlib.evaluate` on the photos (``None``:
+    :func:`leaderboard_methods`); an empty tuple skips the leaderboard."""
 
     @classmethod
     def default(cls) -> Settings:
@@ -72,7 +143,47 @@ class Settings:
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(photos=("chelsea", "coffee"), methods=("gradcam", "guided_gradcam"))
+        return cls(
+            photos=("chelsea", "coffee"),
+            methods=("gradcam", "guided_gradcam"),
+            leaderboard=("gradcam", "guided_gradcam"),
+        )
+
+
+def rank_methods(
+    model: torch.nn.Module, names: list[str], methods: list[str], layer: str, out: Path
+) -> dict:
+    """Every method in ``methods`` ranked by :func:`camlib.evaluate` on the photos
+    ``names``, each explained for the model's top class: the default metrics and, from
+    the hand-drawn boxes (:func:`read_boxes`), the localisation metrics. Writes
+    ``leaderboard.{md,csv,png}`` and ``per_image.csv`` into ``out``."""
+    boxes = read_boxes()
+    missing = [n for n in names if n not in boxes]
+    if missing:
+        raise ValueError(f"no box for photo(s) {missing} in {BOXES}")
+    x = torch.stack([normalize(photos.load(n)) for n in names])
+    board = camlib.evaluate(
+        model,
+        x,
+        methods=methods,
+        layer=layer,
+        boxes=torch.tensor([boxes[n]["box"] for n in names]),
+        batch_size=len(names),
+        seed=0,
+        method_options={m: {"batch_size": 256} for m in methods if slow(m)},
+    )
+    board.save(out)
+    print(board, flush=True)
+    return {
+        "photos": names,
+        "boxes": {n: boxes[n] for n in names},
+        "methods": board.methods,
+        "metrics": [m.name for m in board.metrics],
+        "summary": board.summary,
+        "markdown": board.to_markdown(),
+        "dropped": dict(board.dropped),
+        "left_out": [m for m in method_names() if m not in methods],
+    }
 
 
 def explain_all(
@@ -295,6 +406,14 @@ def run(
     result["canvas"] = canvas_res
     for r in result["photos"].values():
         del r["maps"]
+
+    # 4. every method ranked on the photos, with the hand-drawn boxes -----------------
+    ranked = leaderboard_methods() if s.leaderboard is None else list(s.leaderboard)
+    if ranked:
+        t0 = time.perf_counter()
+        result["leaderboard"] = rank_methods(model, list(s.photos), ranked, layer, out)
+        result["leaderboard"]["seconds"] = round(time.perf_counter() - t0, 2)
+        fig["leaderboard"] = "leaderboard.png"
     result["method_seconds"] = {m: round(t, 2) for m, t in seconds.items()}
     result["total_seconds"] = round(time.perf_counter() - t_start, 2)
     result["figures"] = fig
@@ -308,7 +427,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m examples.imagenet",
         description="Explain EfficientNet-Lite0's ImageNet predictions on bundled photos with "
-        "every camlib method, and write a report.",
+        "camlib's methods, rank every method with camlib.evaluate, and write a report.",
     )
     p.add_argument(
         "--out",
@@ -325,7 +444,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--photos", nargs="+", choices=list(photos.PHOTOS), help="photos to explain (default: all)"
     )
     p.add_argument(
-        "--methods", nargs="+", help="method names (default: every method camlib offers)"
+        "--methods",
+        nargs="+",
+        help="methods drawn in the figures and measured on the canvas (default: the nine "
+        "classic gradient and activation methods; 'all': every method camlib offers)",
+    )
+    p.add_argument(
+        "--leaderboard",
+        nargs="*",
+        help="methods ranked on the photos by camlib.evaluate (default: every method but the "
+        "perturbation ones, which cost a forward pass per channel; none: skip the leaderboard)",
     )
     p.add_argument("--layer", default=HEAD_LAYER, help="layer to explain (default: %(default)s)")
     p.add_argument(
@@ -342,13 +470,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.photos:
         s.photos = tuple(args.photos)
     if args.methods:
-        s.methods = tuple(args.methods)
+        s.methods = None if args.methods == ["all"] else tuple(args.methods)
+    if args.leaderboard is not None:
+        s.leaderboard = tuple(args.leaderboard)
     try:
         r = run(args.out, quick=args.quick, settings=s, layer=args.layer)
     except MissingExtra as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     share = r["canvas"]["mean_share_in_own_half"]
+    if "leaderboard" in r:
+        print(f"leaderboard: {', '.join(r['leaderboard']['methods'])}")
     print(
         f"\n{len(r['photos'])} photos, {len(r['methods'])} methods in {r['total_seconds']:.0f} s; "
         f"two-photo canvas, Grad-CAM mass in the explained photo's half: "
