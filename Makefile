@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DATA ?= $(if $(wildcard ../shared/mnist/MNIST/raw),../shared/mnist,data)
 OUT ?= runs/mnist
 
-.PHONY: demo imagenet binary test lint docs bench zoo clean
+.PHONY: demo demo-full imagenet binary test lint docs bench zoo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	$(PY) -m examples.mnist --data-root $(DATA) --out $(OUT)
+
+# The whole MNIST study: every training image, 10 epochs per model, every method (SS-CAM,
+# IS-CAM and SESS too) ranked on more images; an hour or more on 2 CPU cores.
+demo-full: $(VENV)/.installed
+	$(PY) -m examples.mnist --data-root $(DATA) --out runs/mnist-full --full
 
 imagenet: $(VENV)/.installed
 	$(PY) -m examples.imagenet --out runs/imagenet
