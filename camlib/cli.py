@@ -555,6 +555,8 @@ def _wrap(line: str, width: int) -> str:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     import torch
 
     loaded = _load(args)
@@ -562,10 +564,14 @@ def cmd_layers(args: argparse.Namespace) -> int:
         shape = tuple(args.input_size)
     else:
         shape = (loaded.preprocess.channels, *loaded.preprocess.size)
-    inputs = torch.zeros(1, *shape)
+    # Seeded noise, not zeros: on an all-zero input every ReLU sits at 0, so no gradient
+    # reaches most layers and the gradient rule of 'auto' would reject them.
+    inputs = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
     table = layer_table(loaded.model, inputs)
+    candidates = _auto_candidates(loaded.model, inputs)
     if args.json:
-        print(json.dumps({"model": args.model, **table}, indent=1))
+        found = [asdict(c) for c in candidates] if isinstance(candidates, list) else candidates
+        print(json.dumps({"model": args.model, **table, "auto_candidates": found}, indent=1))
     else:
         width = (
             min(WIDTH, shutil.get_terminal_size((WIDTH, 24)).columns)
@@ -573,7 +579,43 @@ def cmd_layers(args: argparse.Namespace) -> int:
             else WIDTH
         )
         print(format_layers(table, args.model, width))
+        print(f"\nHow 'auto' chose (latest layers first, the last {AUTO_ROWS} shown):")
+        print(_candidates_text(candidates, width))
     return 0
+
+
+AUTO_ROWS = 15
+
+
+def _auto_candidates(model, inputs) -> list | str:
+    """``"auto"``'s candidate layers with their verdicts (:func:`camlib.layers.layer_candidates`),
+    or the reason none qualifies."""
+    from .errors import CamlibError
+    from .layers import layer_candidates
+
+    try:
+        return layer_candidates(model, inputs)
+    except CamlibError as error:
+        return str(error)
+
+
+def _candidates_text(candidates: list | str, width: int) -> str:
+    """The candidate table in ``width`` columns: layer, output shape, layout, verdict and
+    reason (cut to fit); the full table is ``--json`` or
+    :func:`camlib.layers.format_candidates`."""
+    if isinstance(candidates, str):
+        return f"  no layer qualifies: {candidates}"
+    rows = candidates[:AUTO_ROWS]
+    w = max((len(c.name) for c in rows), default=5)
+    lines = [f"{'layer':<{w}}  {'shape':<16} {'layout':<15} verdict"]
+    for c in rows:
+        line = f"{c.name:<{w}}  {'x'.join(map(str, c.shape)):<16} {c.layout:<15} {c.verdict}"
+        if c.verdict != "eligible":
+            line += f": {c.reason}"
+        lines.append(line if len(line) <= width else line[: width - 3] + "...")
+    if len(candidates) > AUTO_ROWS:
+        lines.append(f"... {len(candidates) - AUTO_ROWS} earlier layers")
+    return "\n".join(lines)
 
 
 # -- methods ---------------------------------------------------------------------------------

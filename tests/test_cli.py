@@ -360,6 +360,12 @@ def test_layers_text_and_json(work: Path, capsys) -> None:
     assert table["auto"] == "4" and [r["name"] for r in table["layers"] if r["auto"]] == ["4"]
     line4 = next(line for line in text.splitlines() if line.split()[:2] == ["4", "4"])
     assert "16x5x6" in line4 and "<- auto" in line4
+    # how "auto" chose: every candidate with its verdict, the chosen one named
+    chosen = [c for c in table["auto_candidates"] if c["verdict"] == "chosen"]
+    assert [c["name"] for c in chosen] == ["4"]
+    assert "How 'auto' chose" in text and any(
+        line.startswith("4 ") and "chosen" in line for line in text.splitlines()
+    )
 
 
 def test_layers_marks_reused_modules(capsys) -> None:
