@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DATA ?= $(if $(wildcard ../shared/mnist/MNIST/raw),../shared/mnist,data)
 OUT ?= runs/mnist
 
-.PHONY: demo demo-full imagenet binary test lint docs bench zoo clean
+.PHONY: demo demo-full imagenet binary shortcut test lint docs bench zoo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ imagenet: $(VENV)/.installed
 
 binary: $(VENV)/.installed
 	$(PY) -m examples.binary --out runs/binary
+
+# MNIST with a shortcut patch: plain training vs a penalty on the differentiable Grad-CAM.
+shortcut: $(VENV)/.installed
+	$(PY) -m examples.shortcut --data-root $(DATA) --out runs/shortcut
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
