@@ -5,11 +5,16 @@ a forward hook and one ``torch.autograd.grad`` give (Score-CAM and Ablation-CAM 
 pass per channel, Eigen-CAM with ``torch.linalg.svd``, Guided Backprop with backward hooks
 that clamp the ReLUs' gradients); Grad-CAM also against Captum's ``LayerGradCam``
 (``relu_attributions=True``) at 1e-5 relative; upsampling against ``F.interpolate``
-(linear / trilinear, ``align_corners=False``); CAM == Grad-CAM * positions.
+(linear / trilinear, ``align_corners=False``); CAM == Grad-CAM * positions. The round-2
+methods from their formulas in tests/formulas.py (scikit-learn's ``KernelPCA`` for KPCA-CAM
+and ``NMF`` for DFF's concepts, ``torch.autograd.functional.hvp`` for Shapley-CAM); FullGrad
+(no layer) from its Eq. 7 with both convolutions as the biased layers. ``APART`` lists the
+methods checked otherwise, and why. LeGrad (attention maps) is not in ``METHOD_NAMES``.
 """
 
 from __future__ import annotations
 
+import formulas
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,6 +27,16 @@ from conftest import METHOD_NAMES, left_alone
 
 CLASSES = [3, 1]
 RTOL = 1e-5
+
+APART = {
+    "sess": "SESS slides 2-D windows over rescaled images and refuses other inputs: the "
+    "refusal is checked here",
+    "dff": "DFF returns (N, K, *grid) concept maps, each concept normalised by its peak over "
+    "the batch: its own branch checks those against scikit-learn's NMF",
+    "refinecam": "one layer is explained, where RefineCAM (a product over layers) is its "
+    "base method Grad-CAM++ (the product: test_methods_round2_b.py)",
+}
+"""Methods not compared with a single-heatmap formula in ``reference``, and why."""
 
 
 class Net(nn.Module):
@@ -53,7 +68,11 @@ def setup(dims: int) -> tuple[Net, torch.Tensor]:
     return Net(dims).eval(), torch.randn(*SHAPES[dims])
 
 
-def hooked(model, module, x, edit=None):
+def class_score(logits: torch.Tensor) -> torch.Tensor:
+    return logits[torch.arange(len(CLASSES)), torch.tensor(CLASSES)]
+
+
+def hooked(model, module, x, edit=None, score=class_score):
     seen = []
 
     def hook(m, args, out):
@@ -65,7 +84,7 @@ def hooked(model, module, x, edit=None):
         logits = model(x)
     finally:
         handle.remove()
-    score = logits[torch.arange(len(CLASSES)), torch.tensor(CLASSES)]
+    score = score(logits)
     if not score.requires_grad:
         return seen[0], None, logits
     (g,) = torch.autograd.grad(score.sum(), seen[0])
@@ -78,10 +97,37 @@ def _minmax(t: torch.Tensor) -> torch.Tensor:
 
 def reference(method: str, model: Net, x: torch.Tensor, layer: str = "relu2") -> torch.Tensor:
     module = getattr(model, layer)
+    if method == "refinecam":  # one layer: the base method, Grad-CAM++ (see APART)
+        return reference("gradcam++", model, x, layer)
     a, g, logits = hooked(model, module, x)
     n, c = a.shape[:2]
     axes = tuple(range(2, a.dim()))
     y = logits[torch.arange(n), torch.tensor(CLASSES)]
+    if method == "gradcam_elementwise":
+        return formulas.gradcam_elementwise(a, g)
+    if method == "eigengradcam":
+        return formulas.eigengradcam(a, g)
+    if method == "segeigencam":
+        return formulas.segeigencam(a, g)
+    if method == "kpcacam":
+        return formulas.kpcacam(a)
+    if method == "fem":
+        return formulas.fem(a)
+    if method == "randomcam":
+        return formulas.weighted(formulas.random_weights(c), a)
+    if method == "finercam":  # Grad-CAM of the target's logit minus its 3 closest rivals'
+        g = hooked(model, module, x, score=formulas.finer_score(CLASSES))[1]
+        return formulas.weighted(g.mean(axes), a)
+    if method == "shapleycam":
+        hvp = formulas.hessian_times_activation(model, module, x, a, class_score)
+        return formulas.weighted(formulas.shapley_weights(g, hvp, lambda t: t), a)
+    if method == "smoothgradcampp":
+        noisy = [hooked(model, module, xs)[1] for xs in formulas.noisy_copies(x)]
+        return formulas.smooth_gradcampp(a, noisy)
+    if method == "sscam":
+        return formulas.sampled_scorecam(model, x, a, CLASSES, formulas.sscam_perturb(x))
+    if method == "iscam":
+        return formulas.sampled_scorecam(model, x, a, CLASSES, formulas.iscam_perturb())
     if method == "gradcam":
         w = g.mean(axes)
     elif method == "cam":
@@ -177,10 +223,26 @@ def test_every_method(method, dims):
             up = F.interpolate(reference("gradcam", model, x)[:, None], size, mode=MODES[dims])
             assert_close(got, guided_gradient(model, x) * up)
             return
+        if method == "fullgrad":  # no layer: the input's and both convolutions' bias terms
+            with cls(model) as ex:
+                got = ex(x, CLASSES, normalize=False)
+                final = ex(x, CLASSES)
+            want = formulas.fullgrad(model, x, CLASSES, [model.conv1, model.conv2])
+            assert got.shape == want.shape == x.shape[:1] + size
+            assert_close(got, want)
+            torch.testing.assert_close(final, formulas.minmax_each(want), rtol=1e-5, atol=1e-6)
+            return
+        if method == "sess":  # see APART
+            with pytest.raises(camlib.InputError, match=r"\(N, C, H, W\)"):
+                cls(model)(x, CLASSES)
+            return
         with cls(model, **options) as ex:  # "auto"
             got = ex(x, CLASSES, upsample=False, normalize=False)
             final = ex(x, CLASSES)
             assert ex.layer_name == "relu2"
+    if method == "dff":  # (N, K, *grid) concepts; each normalised by its peak over the batch
+        check_dff(got, final, model, x)
+        return
     want = reference(method, model, x)
     assert got.shape == (2, *want.shape[1:]) and got.dtype == torch.float32
     assert_close(got, want)
@@ -189,6 +251,20 @@ def test_every_method(method, dims):
     up = F.interpolate(got[:, None], size, mode=MODES[dims], align_corners=False)[:, 0]
     expected = torch.stack([_minmax(m) for m in up])
     torch.testing.assert_close(final, expected, rtol=1e-5, atol=1e-6)
+
+
+def check_dff(got: torch.Tensor, final: torch.Tensor, model: Net, x: torch.Tensor) -> None:
+    """DFF's raw concept maps against scikit-learn's NMF of the relu2 activations (camlib's
+    300 float32 updates agree with scikit-learn's float64 ones to 2e-7 of the peak here),
+    and the call's output: each concept upsampled, divided by its peak over the batch."""
+    a = hooked(model, model.relu2, x)[0]
+    want = formulas.dff(a)
+    assert got.shape == (2, 5, *a.shape[2:]) and got.dtype == torch.float32
+    assert_close(got, want)
+    size = tuple(x.shape[2:])
+    up = torch.stack([formulas.up(got[:, k], size) for k in range(5)], 1)
+    peak = up.transpose(0, 1).flatten(1).amax(1).view(1, 5, *[1] * len(size))
+    torch.testing.assert_close(final, up / peak, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dims", [1, 3], ids=["conv1d", "conv3d"])

@@ -8,7 +8,13 @@ References (none shares code with camlib's layouts):
   channels, one forward pass each; Eigen-CAM uses ``torch.linalg.svd``);
 * pytorch-grad-cam's own ``GradCAM`` on torchvision ``vit_b_16`` (its post-processing,
   ``scale_cam_image``, applied to camlib's raw map);
-* for Swin, the (N, h, w, C) output permuted by hand.
+* for Swin, the (N, h, w, C) output permuted by hand;
+* the round-2 methods from their formulas in tests/formulas.py (scikit-learn's
+  ``KernelPCA`` for KPCA-CAM, ``torch.autograd.functional.hvp`` for Shapley-CAM, OpenCV's
+  blur for SESS); FullGrad (no layer) from its Eq. 7 with the patch-embedding convolution
+  as the one biased spatial layer. Methods checked here in a reduced form, and why, are in
+  ``REDUCED``; LeGrad (attention maps, not a layer's activation) has its own ViT checks
+  against torchcam in tests/test_methods_round2_b.py and is not in ``METHOD_NAMES``.
 
 Models: torchvision ``vit_b_16`` (``image_size=64``: 1 + 4x4 tokens) and ``swin_t`` (64x64:
 a 2x2 last stage) with random weights; every method runs on the same torchvision classes
@@ -21,9 +27,11 @@ random weights here.
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from collections.abc import Callable
 
+import formulas
 import numpy as np
 import pytest
 import torch
@@ -35,11 +43,30 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 import camlib
 
-from conftest import METHOD_NAMES, left_alone
+from conftest import FAST_OPTIONS, METHOD_NAMES, left_alone
 
 VIT_LAYER = "encoder.layers.encoder_layer_11.ln_1"
 TINY_VIT_LAYER = "encoder.layers.encoder_layer_1.ln_1"
 CLASSES = [3, 7]
+
+REDUCED = {
+    "dff": "every token layer of a ViT or Swin (LayerNorm, GELU MLP) has negative values and "
+    "NMF factorises non-negative data, so DFF must refuse them: the refusal is checked here, "
+    "its maps on ReLU layers in test_signals_volumes.py and test_methods_round2_a.py",
+    "sess": "its default 12 scales explain ~120 windows per image; here one scale equal to "
+    "the window (SESS is then the base Grad-CAM's normalised map, blurred as OpenCV does) "
+    "checks the window, paste and fusion on token layers, and the multi-scale default is "
+    "checked against pytorch-grad-cam in test_methods_round2_b.py",
+    "refinecam": "one layer is explained here, where RefineCAM (a product over layers) is its "
+    "base method Grad-CAM++; the product is checked in test_methods_round2_b.py",
+    "sscam/iscam on Swin": "checked against their formula with FAST_OPTIONS' 2 samples: at "
+    "the defaults (35 and 10 samples x 32 channels x 2 images of Swin forwards, twice with "
+    "the reference) one case costs tens of seconds; their defaults are checked against the "
+    "formula on the tiny ViT here and in test_methods_round2_b.py, and Score-CAM's masks on "
+    "this channels-last layer at full value above",
+}
+"""Methods whose check here is reduced, with the reason (every other method in
+METHOD_NAMES is compared with its full formula)."""
 
 
 def pgc_vit_reshape_transform(tensor, height=4, width=4):
@@ -121,9 +148,10 @@ def hooked(
     x: torch.Tensor,
     classes: list[int],
     edit: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    score: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(layer output, its gradient, logits) for the class scores, with a forward hook;
-    ``edit`` replaces what the layer hands on."""
+    """(layer output, its gradient, logits) for the class scores (or ``score(logits)``),
+    with a forward hook; ``edit`` replaces what the layer hands on."""
     seen = []
 
     def hook(m, args, out):
@@ -135,7 +163,7 @@ def hooked(
         logits = model(x)
     finally:
         handle.remove()
-    score = logits[torch.arange(len(classes)), torch.tensor(classes)].sum()
+    score = (score or class_score)(logits).sum()
     (grad,) = torch.autograd.grad(score, seen[0])
     return seen[0].detach(), grad, logits.detach()
 
@@ -147,13 +175,44 @@ def reference(
     x: torch.Tensor,
     to_nchw: Callable[[torch.Tensor], torch.Tensor],
     zero: Callable[[torch.Tensor, int], torch.Tensor],
+    samples: int | None = None,
 ) -> torch.Tensor:
     """The raw (N, h, w) map of ``method`` from its formula; ``zero(out, k)`` is the
-    layer output with channel k of the map zeroed (for Ablation-CAM)."""
+    layer output with channel k of the map zeroed (for Ablation-CAM); ``samples``: SS-CAM's
+    and IS-CAM's when not their defaults."""
     module = dict(model.named_modules())[layer]
+    if method == "refinecam":  # one layer: the base method, Grad-CAM++ (see REDUCED)
+        return reference("gradcam++", model, layer, x, to_nchw, zero)
+    if method == "finercam":  # Grad-CAM of the target's logit minus its 3 closest rivals'
+        out, grad, _ = hooked(model, module, x, CLASSES, score=formulas.finer_score(CLASSES))
+        return formulas.weighted(to_nchw(grad).mean((2, 3)), to_nchw(out))
     out, grad, logits = hooked(model, module, x, CLASSES)
     a, g = to_nchw(out), to_nchw(grad)
     n, c = a.shape[:2]
+    if method == "gradcam_elementwise":
+        return formulas.gradcam_elementwise(a, g)
+    if method == "eigengradcam":
+        return formulas.eigengradcam(a, g)
+    if method == "segeigencam":
+        return formulas.segeigencam(a, g)
+    if method == "kpcacam":
+        return formulas.kpcacam(a)
+    if method == "fem":
+        return formulas.fem(a)
+    if method == "randomcam":
+        return formulas.weighted(formulas.random_weights(c), a)
+    if method == "shapleycam":
+        hvp = formulas.hessian_times_activation(model, module, x, out, class_score)
+        return formulas.weighted(formulas.shapley_weights(grad, hvp, to_nchw), a)
+    if method == "smoothgradcampp":
+        noisy = [to_nchw(hooked(model, module, xs, CLASSES)[1]) for xs in formulas.noisy_copies(x)]
+        return formulas.smooth_gradcampp(a, noisy)
+    if method == "sscam":
+        perturb = formulas.sscam_perturb(x, samples=samples or 35)
+        return formulas.sampled_scorecam(model, x, a, CLASSES, perturb)
+    if method == "iscam":
+        perturb = formulas.iscam_perturb(samples=samples or 10)
+        return formulas.sampled_scorecam(model, x, a, CLASSES, perturb)
     if method == "gradcam":
         w = g.mean((2, 3))
     elif method == "gradcam++":
@@ -197,6 +256,10 @@ def reference(
     return (w[:, :, None, None] * a).sum(1).relu()
 
 
+def class_score(logits: torch.Tensor) -> torch.Tensor:
+    return logits[torch.arange(len(CLASSES)), torch.tensor(CLASSES)]
+
+
 def hooked_no_grad(model, module, x, edit):
     handle = module.register_forward_hook(lambda m, args, out: edit(out))
     try:
@@ -214,6 +277,8 @@ def assert_maps_equal(got: torch.Tensor, want: torch.Tensor, rel: float = 1e-6) 
 def explainer(method: str, model: nn.Module, layer="auto", **options) -> camlib.Explainer:
     if method in ("scorecam", "ablationcam"):
         options.setdefault("batch_size", 64)
+    if method in ("sscam", "iscam"):  # every (image, channel, sample) is a row
+        options.setdefault("batch_size", 256)
     return camlib.METHODS[method](model, layer, **options)
 
 
@@ -277,9 +342,52 @@ def test_after_the_last_attention_patch_tokens_get_no_gradient_and_camlib_warns(
 
 
 # -- every method on the small torchvision ViT ----------------------------------------------
+def checked_apart(
+    method: str,
+    model: nn.Module,
+    layer: str,
+    x: torch.Tensor,
+    to_nchw: Callable[[torch.Tensor], torch.Tensor],
+    patch_embedding: nn.Module,
+) -> bool:
+    """FullGrad (no layer), DFF and SESS (see ``REDUCED``) on a transformer: checked here;
+    returns whether ``method`` was one of them."""
+    if method == "fullgrad":  # the input's term and the patch embedding's bias term
+        with left_alone(model), camlib.FullGrad(model) as ex:
+            got = ex(x, CLASSES, normalize=False)
+            final = ex(x, CLASSES)
+        want = formulas.fullgrad(model, x, CLASSES, [patch_embedding])
+        assert_maps_equal(got, want)
+        torch.testing.assert_close(final, formulas.minmax_each(want), rtol=1e-6, atol=1e-6)
+        with pytest.raises(camlib.LayerError, match="takes no target_layer"):
+            camlib.FullGrad(model, layer)
+        return True
+    if method == "dff":
+        message = f"layer {layer!r} has negative values"
+        with left_alone(model), pytest.raises(camlib.LayerError, match=re.escape(message)):
+            raw(method, model, layer, x)
+        return True
+    if method == "sess":  # one scale, one window: the base Grad-CAM's map, min-max scaled
+        one = {"scales": [64]}
+        with left_alone(model):
+            got = raw(method, model, layer, x, smooth=False, **one)
+            custom = raw(method, model, layer, x, smooth=False, reshape_transform=to_nchw, **one)
+            blurred = raw(method, model, layer, x, **one)
+        want = formulas.minmax_each(
+            formulas.up(reference("gradcam", model, layer, x, to_nchw, None), (64, 64))
+        )
+        assert_maps_equal(got, want)
+        assert_maps_equal(custom, want)
+        assert_maps_equal(blurred, formulas.opencv_blur(want))
+        return True
+    return False
+
+
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_tiny_vit_every_method(method):
     model, x = tiny_vit(), images()
+    if checked_apart(method, model, TINY_VIT_LAYER, x, pgc_vit_reshape_transform, model.conv_proj):
+        return
     with left_alone(model):
         if method == "cam":
             with pytest.raises(camlib.LayerError, match="global-average-pooling"):
@@ -300,14 +408,20 @@ def test_tiny_vit_every_method(method):
         got = raw(method, model, "auto", x)
     want = reference(method, model, TINY_VIT_LAYER, x, pgc_vit_reshape_transform, zero_patch_token)
     assert_maps_equal(got, want)
+    # the layout and post-processing checks below hold for any options: the sampling methods
+    # run them with fewer samples (their values are checked above, at the defaults)
+    fast = FAST_OPTIONS.get(method, {})
+    base = raw(method, model, "auto", x, **fast) if fast else want
     if method != "ablationcam":  # a custom transform hides the layout Ablation-CAM edits
-        custom = raw(method, model, TINY_VIT_LAYER, x, reshape_transform=pgc_vit_reshape_transform)
-        assert_maps_equal(custom, want)
+        custom = raw(
+            method, model, TINY_VIT_LAYER, x, reshape_transform=pgc_vit_reshape_transform, **fast
+        )
+        assert_maps_equal(custom, base)
     # the default output is the raw map upsampled and normalised
-    with explainer(method, model) as ex:
+    with explainer(method, model, **fast) as ex:
         final = ex(x, CLASSES)
     assert final.shape == (2, 64, 64) and final.dtype == torch.float64
-    up = F.interpolate(want[:, None], size=(64, 64), mode="bilinear")[:, 0]
+    up = F.interpolate(base[:, None], size=(64, 64), mode="bilinear")[:, 0]
     expected = torch.stack([_minmax(m) for m in up])
     torch.testing.assert_close(final, expected, rtol=1e-6, atol=1e-6)
 
@@ -333,6 +447,8 @@ def test_swin_t_features_read_channels_last_and_auto_layer():
 def test_tiny_swin_every_method(method):
     """The small SwinTransformer at its channels-last "norm" (N, 8, 8, 32) output."""
     model, x = tiny_swin(), images()
+    if checked_apart(method, model, "norm", x, hand_permute, model.features[0][0]):
+        return
     with left_alone(model):
         if method == "guided_backprop":
             with pytest.warns(UserWarning, match="was guided"):
@@ -346,16 +462,23 @@ def test_tiny_swin_every_method(method):
             up = F.interpolate(cam[:, None], size=(64, 64), mode="bilinear")
             assert_maps_equal(got, input_gradient(model, x) * up)
             return
-        got = raw(method, model, "norm", x)
+        options = FAST_OPTIONS[method] if method in ("sscam", "iscam") else {}  # see REDUCED
+        got = raw(method, model, "norm", x, **options)
     if method == "cam":  # the head is GAP + linear after "norm": CAM = Grad-CAM * positions
         want = reference("gradcam", model, "norm", x, hand_permute, None) * 64
         fc = model.head.weight[CLASSES]
         a = hand_permute(model.norm(model.features(x))).detach()
         assert_maps_equal((fc[:, :, None, None] * a).sum(1).relu(), want)
     else:
-        want = reference(method, model, "norm", x, hand_permute, zero_last)
+        want = reference(method, model, "norm", x, hand_permute, zero_last, **options)
     assert_maps_equal(got, want)
-    assert_maps_equal(raw(method, model, "auto", x), want)  # auto: "permute" of "norm"
+    if method in FAST_OPTIONS and not options:  # the layer is what is checked
+        fast = FAST_OPTIONS[method]
+        assert_maps_equal(
+            raw(method, model, "auto", x, **fast), raw(method, model, "norm", x, **fast)
+        )
+    else:
+        assert_maps_equal(raw(method, model, "auto", x, **options), want)  # "permute" of "norm"
 
 
 def test_tiny_swin_cam_refuses_the_layer_before_the_norm():
