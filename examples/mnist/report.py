@@ -527,8 +527,9 @@ def _methods(add, r: dict, fig: dict) -> None:
         )
     add(" ".join(text) + "\n")
     add(
-        "*ms_per_map* is the wall time of each method's call on a batch of 100 divided by "
-        "the batch, on a machine other work may share: compare methods by their ratio. "
+        f"*ms_per_map* is the wall time of each method's call on the {lb['n_digits']} test "
+        "digits (one batch) divided by their number, on a machine other work may share: "
+        "compare methods by their ratio. "
         "*forwards_per_map* counts the images the model's forward saw per map (the "
         "gradient methods also run one backward pass).\n"
     )

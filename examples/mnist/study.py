@@ -65,13 +65,13 @@ class Settings:
     """Left out of the default run for time: SS-CAM and IS-CAM cost 35 and 10 forward
     passes per channel (96 here) and map, SESS about 200 times Grad-CAM, each times three
     on the digits (the sanity metrics re-explain)."""
-    n_digits: int = 64
+    n_digits: int = 48
     """Test digits for the leaderboard's faithfulness, sanity, complexity and cost."""
-    n_canvases: int = 64
+    n_canvases: int = 48
     """Translated digits (the first of the pointing figure's) for its localisation."""
     steps: int = 20
     """Deletion/insertion steps."""
-    n_pairs: int = 32
+    n_pairs: int = 24
     """Two-digit canvases for the class-discriminative test."""
     max_shift_px: int = 3
 
