@@ -36,7 +36,10 @@ class Smooth:
         noise: the noise's standard deviation as a fraction of each image's value range
             (``max - min``); 0 for none.
         flip: also explain the horizontally flipped copies (their maps flipped back).
-        batch_size: images per call of the explainer (``None``: all copies at once).
+        batch_size: images per call of the explainer (``None``: all copies at once). An
+            explainer whose maps depend on the whole batch (``batch_independent = False``:
+            DFF) needs every copy in one call, so a smaller ``batch_size`` or a callable
+            target (one copy per call) raises :class:`~camlib.errors.MethodError`.
         seed: seeds the noise, so a call is reproducible.
 
     Attributes:
@@ -96,6 +99,7 @@ class Smooth:
         inputs = check_inputs(ex.model, inputs, ex._first_conv)
         n = inputs.shape[0]
         checked = check_targets(targets, n)
+        self._check_one_call(checked, n)
         args = _as_args(additional_forward_args)
         with torch.inference_mode(False), torch.no_grad():
             inputs = inputs.clone() if inputs.is_inference() else inputs
@@ -137,6 +141,31 @@ class Smooth:
             self.classes, self.scores = ex.classes, ex.scores
         mean = total / per  # type: ignore[operator]
         return ex.normalize_maps(mean) if normalize else mean
+
+    def _check_one_call(self, targets: Targets, n: int) -> None:
+        """An explainer whose maps depend on the whole batch (``batch_independent = False``,
+        e.g. DFF, whose concepts are factorised jointly) must see every copy in one call:
+        maps of separate calls do not correspond, so their average would mean nothing."""
+        if getattr(self.explainer, "batch_independent", True):
+            return
+        copies = self.samples * (2 if self.flip else 1)
+        per_call = 1 if callable(targets) else copies
+        if self.batch_size is not None:
+            per_call = min(per_call, max(1, self.batch_size // n))
+        if per_call >= copies:
+            return
+        how = (
+            "a callable target, which Smooth evaluates one copy per call"
+            if callable(targets)
+            else f"batch_size={self.batch_size}, which explains {per_call} of the {copies} "
+            f"copies of these {n} image(s) per call"
+        )
+        raise MethodError(
+            f"Smooth cannot split the copies of {type(self.explainer).__name__} over several "
+            f"calls ({how}): it explains each call's batch jointly (batch_independent = "
+            f"False), so maps of separate calls do not correspond and cannot be averaged. Use "
+            f"batch_size=None and class targets."
+        )
 
     def _copies(self, inputs: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
         gen = torch.Generator(device=inputs.device).manual_seed(self.seed)

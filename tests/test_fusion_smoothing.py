@@ -17,10 +17,30 @@ from torch import nn
 
 import camlib
 
-from conftest import LAYER_METHODS, METHOD_NAMES, SmallConvNet, batch, count_forwards, make, small
+from conftest import (
+    FAST_OPTIONS,
+    LAYER_METHODS,
+    METHOD_NAMES,
+    SmallConvNet,
+    batch,
+    count_forwards,
+    make,
+    small,
+)
 
 T = [3, 7, 1]
 HEATMAP_METHODS = [n for n in LAYER_METHODS if not camlib.METHODS[n].signed]
+OWN_LAYER_RULE = {
+    "dff": "factorises one layer: concepts of different layers do not correspond, so a list "
+    "of layers is refused",
+    "refinecam": "combines its layers by their product (its definition), not by fuse=, which "
+    "it refuses",
+    "sess": "fuses the layers inside each window (its base method's call), before pooling "
+    "the windows: with one window it is the base method's fused, normalised map",
+}
+"""Methods whose several layers are not combined by ``fuse`` (mean/max of the normalised
+layer maps), with their own rule; each is checked in ``test_methods_with_their_own_layer_rule``."""
+FUSED_METHODS = [n for n in HEATMAP_METHODS if n not in OWN_LAYER_RULE]
 CALLABLE = lambda out: out[:, 3] - out[:, 5]  # noqa: E731
 
 
@@ -58,8 +78,10 @@ def fusion_layers(name: str) -> list[str]:
 
 
 @pytest.mark.parametrize("fuse", ["mean", "max"])
-@pytest.mark.parametrize("name", HEATMAP_METHODS)
+@pytest.mark.parametrize("name", FUSED_METHODS)
 def test_fusion_is_mean_or_max_of_normalised_layer_maps(name, fuse):
+    """An identity between camlib's own calls, so the sampling methods run with the fewer
+    samples of ``make`` on both sides (their values are checked in their own files)."""
     model, x = small(), batch()
     size = tuple(x.shape[2:])
     layers = fusion_layers(name)
@@ -69,7 +91,7 @@ def test_fusion_is_mean_or_max_of_normalised_layer_maps(name, fuse):
     ]
     stacked = torch.stack(per_layer)
     expected = stacked.mean(0) if fuse == "mean" else stacked.amax(0)
-    ex = camlib.METHODS[name](model, layers, fuse=fuse)
+    ex = camlib.METHODS[name](model, layers, fuse=fuse, **FAST_OPTIONS.get(name, {}))
     assert ex.layer_names == layers
     torch.testing.assert_close(ex(x, T, normalize=False), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ex(x, T), minmax(expected), rtol=1e-5, atol=1e-6)
@@ -93,11 +115,50 @@ def test_guided_gradcam_fuses_its_gradcams():
         torch.testing.assert_close(ggc(x, T), absmax(gbp * fused[:, None]))
 
 
-@pytest.mark.parametrize("name", HEATMAP_METHODS)
+@pytest.mark.parametrize("name", [n for n in HEATMAP_METHODS if n != "dff"])
 def test_fusion_without_upsampling_is_an_error(name):
     ex = camlib.METHODS[name](small(), fusion_layers(name))
     with pytest.raises(camlib.LayerError, match=r"2 target layers.*upsample=False"):
         ex(batch(), T, upsample=False)
+
+
+@pytest.mark.parametrize("name", sorted(OWN_LAYER_RULE))
+def test_methods_with_their_own_layer_rule(name):
+    model, x = small(), batch()
+    size, layers = tuple(x.shape[2:]), ["conv2", "relu3"]
+    cls = camlib.METHODS[name]
+    if name == "dff":
+        with pytest.raises(camlib.LayerError, match="DFF factorises one layer, got 2"):
+            cls(model, layers)
+        return
+    if name == "refinecam":  # minmax(product over layers of minmax(up(raw map)))
+        per_layer = [
+            minmax(up(plain(name, model, x, T, layer, upsample=False, normalize=False), size))
+            for layer in layers
+        ]
+        product = per_layer[0] * per_layer[1]
+        ex = cls(model, layers)
+        torch.testing.assert_close(ex(x, T, normalize=False), product, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ex(x, T), minmax(product), rtol=1e-5, atol=1e-6)
+        assert (minmax(product) - minmax(torch.stack(per_layer).mean(0))).abs().max() > 0.05
+        for fuse in ("mean", "max"):
+            with pytest.raises(camlib.MethodError, match=f"product.*fuse={fuse!r}"):
+                cls(model, layers, fuse=fuse)
+    if name == "sess":  # one window, no blur: its base Grad-CAM's fused, normalised map
+        cams = [
+            minmax(up(plain("gradcam", model, x, T, layer, upsample=False, normalize=False), size))
+            for layer in layers
+        ]
+        for fuse, fused in [
+            ("mean", torch.stack(cams).mean(0)),
+            ("max", torch.stack(cams).amax(0)),
+        ]:
+            ex = cls(model, layers, fuse=fuse, scales=[16], smooth=False)
+            torch.testing.assert_close(
+                ex(x, T, normalize=False), minmax(fused), rtol=1e-5, atol=1e-6
+            )
+    with pytest.raises(camlib.LayerError, match=r"2 target layers.*upsample=False"):
+        cls(model, layers)(x, T, upsample=False)
 
 
 def test_fusion_rejects_unknown_rule_and_empty_list():
@@ -145,18 +206,36 @@ def symmetric_net() -> SmallConvNet:
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_smooth_flip_on_a_symmetric_pair_is_the_plain_map(name):
-    model, x = symmetric_net(), batch()
-    x_sym = (x + x.flip(-1)) / 2
-    ex = make(name, model)
-    plain_map = ex(x_sym, T)
-    assert plain_map.abs().amax() > 0
-    flipped = camlib.Smooth(ex, samples=1, noise=0, flip=True)(x_sym, T)
-    torch.testing.assert_close(flipped, plain_map, rtol=1e-5, atol=1e-5)
+    """Two class flags say what the identities rest on (both default to True):
+    ``flip_equivariant`` (the map of a mirrored image is the mirrored map; SESS's windows are
+    laid from the left edge, so it is not) and ``batch_independent`` (each image's map is
+    its own; DFF factorises the whole batch, so Smooth's copies, explained in one call,
+    share its concepts)."""
+    cls = camlib.METHODS[name]
+    x = batch()
+    if getattr(cls, "flip_equivariant", True):
+        model = symmetric_net()
+        x_sym = (x + x.flip(-1)) / 2
+        ex = make(name, model)
+        plain_map = ex(x_sym, T)
+        assert plain_map.abs().amax() > 0
+        flipped = camlib.Smooth(ex, samples=1, noise=0, flip=True)(x_sym, T)
+        torch.testing.assert_close(flipped, plain_map, rtol=1e-5, atol=1e-5)
+    else:  # the flag is not stale: a mirrored image's map is not the mirrored map
+        ex = cls(symmetric_net(), "relu3")  # the defaults (make's options may be symmetric)
+        x_sym = (x + x.flip(-1)) / 2
+        assert (ex(x_sym, T) - ex(x_sym, T).flip(-1)).abs().max() > 0.1
     # a mirror-symmetric net is flip-equivariant, so the flip changes nothing whatever the
     # input; with the plain net the flip average is (L(x) + flip(L(flip x))) / 2, normalised
     ex = make(name, small())
-    raw = ex(x, T, normalize=False)
-    raw_flipped = ex(x.flip(-1), T, normalize=False).flip(-1)
+    if getattr(cls, "batch_independent", True):
+        raw = ex(x, T, normalize=False)
+        raw_flipped = ex(x.flip(-1), T, normalize=False).flip(-1)
+    else:  # Smooth explains the image and its mirror in one call
+        both = ex(torch.cat([x, x.flip(-1)]), T * 2, normalize=False)
+        raw, raw_flipped = both[: len(x)], both[len(x) :].flip(-1)
+        alone = ex(x, T, normalize=False)
+        assert (alone - raw).abs().max() > 1e-3, "the batch changed nothing: flag it True"
     expected = ex.normalize_maps((raw + raw_flipped) / 2)
     got = camlib.Smooth(ex, samples=1, noise=0, flip=True)(x, T)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
@@ -262,3 +341,23 @@ def test_smooth_argument_checks():
         camlib.Smooth(ex, noise=-0.1)
     with pytest.raises(camlib.CamlibError, match="batch_size"):
         camlib.Smooth(ex, batch_size=0)
+
+
+def test_smooth_keeps_a_batch_dependent_method_in_one_call():
+    """DFF's concepts are the batch's: Smooth explains all its copies in one call and refuses
+    to split them (batch_size, or a callable target, explained one copy per call), before
+    any forward pass."""
+    model, x = small(), batch()
+    dff = camlib.METHODS["dff"](model, "relu3")
+    assert getattr(dff, "batch_independent", True) is False
+    with count_forwards(model) as sizes:
+        for kwargs, targets in [({"batch_size": 3}, T), ({}, CALLABLE)]:
+            smooth = camlib.Smooth(dff, samples=2, noise=0.1, **kwargs)
+            with pytest.raises(camlib.MethodError, match="cannot split the copies") as info:
+                smooth(x, targets)
+            assert "DeepFeatureFactorization" in str(info.value)
+    assert sizes == []
+    one_call = camlib.Smooth(dff, samples=2, noise=0.1, batch_size=6)  # 2 copies x 3 images
+    with count_forwards(model) as sizes:
+        maps = one_call(x, T)
+    assert sizes == [3, 6] and maps.shape == (3, 5, 16, 16)

@@ -109,6 +109,11 @@ class DeepFeatureFactorization(ActivationCAM):
     )
     output: ClassVar[str] = "concepts"
     """Calls return (N, K, *size) concept maps, not (N, *size) heatmaps."""
+    batch_independent: ClassVar[bool] = False
+    """The concepts are factorised jointly over a call's whole batch, so an image's maps
+    depend on the images explained with it: images explained in separate calls get
+    unrelated concepts (:class:`camlib.Smooth` refuses to split a call's copies). Methods
+    without this attribute explain each image on its own."""
 
     def __init__(
         self,

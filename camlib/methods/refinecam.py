@@ -3,9 +3,13 @@ arXiv:2605.14641; pytorch-grad-cam's and torchcam's ``RefineCAM``)."""
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Sequence
 
-from ..base import register
+import torch
+from torch import nn
+
+from ..base import MethodError, register
+from ..layers import LayerSpec
 from ..maps import normalize_minmax, upsample
 from ..targets import Targets
 from .wrapped import WrappedCAM
@@ -32,10 +36,28 @@ class RefineCAM(WrappedCAM):
 
     Args:
         method: the base method (default ``"gradcam++"``).
+        fuse: not accepted (the layers are multiplied): any value raises
+            :class:`~camlib.errors.MethodError` rather than being ignored.
         **options: the base method's options.
     """
 
     default_method = "gradcam++"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: LayerSpec | Sequence[LayerSpec] = "auto",
+        *,
+        fuse: str | None = None,
+        **options,
+    ) -> None:
+        if fuse is not None:
+            raise MethodError(
+                f"RefineCAM combines its layers by the product of their normalised maps (its "
+                f"definition); fuse={fuse!r} does not apply. Leave fuse out, or use "
+                f"{self.default_method!r} with target_layer=[...] and fuse= for a mean or max"
+            )
+        super().__init__(model, target_layer, **options)
 
     def attribute(self, inputs: torch.Tensor, targets: Targets) -> list[torch.Tensor]:
         raw = self.base_attribute(inputs, targets)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,12 @@ class SESS(WrappedCAM):
         batch_size: patches per forward and per base call.
         **options: the base method's options.
     """
+
+    flip_equivariant: ClassVar[bool] = False
+    """The windows are laid from the top-left edge (the last one of a row or column moved
+    back inside), so a mirrored image is covered by other windows where a scale has three or
+    more of them: the map of a mirrored image need not be the mirrored map, even for a
+    mirror-symmetric network. Methods without this attribute are flip-equivariant."""
 
     def __init__(
         self,
