@@ -4,12 +4,25 @@ with torch.autograd for class and callable targets (including linearity in the t
 
 from __future__ import annotations
 
+import formulas
 import pytest
 import torch
 
 import camlib
 
 from conftest import METHOD_NAMES, SmallConvNet, batch, make, small
+
+CLASS_ONLY = [n for n in METHOD_NAMES if camlib.METHODS[n].class_targets_only]
+"""Methods that explain class scores only (CAM, Finer-CAM): no callable targets."""
+
+
+def expected_scores(name: str, out: torch.Tensor, classes: list[int]) -> torch.Tensor:
+    """``explainer.scores``: the classes' logits; Finer-CAM reports the score it explains,
+    the class's logit minus the softmax-weighted logits of its 3 closest rivals (its
+    documented contract), written out in tests/formulas.py."""
+    if name == "finercam":
+        return formulas.finer_score(classes)(out)
+    return out[torch.arange(len(classes)), classes]
 
 
 def features(model: SmallConvNet, x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +87,7 @@ def test_classes_and_scores(name, form):
     explainer(x, targets)
     assert explainer.classes.dtype == torch.long
     assert explainer.classes.tolist() == expected
-    torch.testing.assert_close(explainer.scores, out[torch.arange(3), expected])
+    torch.testing.assert_close(explainer.scores, expected_scores(name, out, expected))
     assert explainer.scores.shape == (3,)
     assert not explainer.scores.requires_grad
 
@@ -91,11 +104,11 @@ def test_none_is_top_class(name):
     top = out.argmax(1)
     assert len(set(top.tolist())) > 1, "the batch should have different top classes"
     assert explainer.classes.tolist() == top.tolist()
-    torch.testing.assert_close(explainer.scores, out.max(1).values)
+    torch.testing.assert_close(explainer.scores, expected_scores(name, out, top.tolist()))
     torch.testing.assert_close(maps, make(name, model)(x, top))
 
 
-@pytest.mark.parametrize("name", [n for n in METHOD_NAMES if n != "cam"])
+@pytest.mark.parametrize("name", [n for n in METHOD_NAMES if n not in CLASS_ONLY])
 def test_callable_target_classes_and_scores(name):
     model, x = small(), batch()
     out = logits(model, x)
