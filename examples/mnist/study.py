@@ -1,7 +1,8 @@
 """The MNIST study, stage by stage, and its command line.
 
-``python -m examples.mnist --data-root DIR --out DIR [--quick] [--seed N]`` writes
-``report.md``, its figures, ``metrics.json`` and the two checkpoints to ``--out``.
+``python -m examples.mnist --data-root DIR --out DIR [--quick | --full] [--seed N]`` writes
+``report.md``, its figures, ``metrics.json``, the leaderboards (``leaderboard.*``,
+``two_digit/``) and the two checkpoints to ``--out``.
 Every random choice (data subset, initialisation, batch order, augmentation, canvas
 positions, random maps, re-initialised weights) comes from ``--seed``, so a rerun with
 the same seed, thread count and versions gives the same numbers.
