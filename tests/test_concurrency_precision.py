@@ -15,7 +15,7 @@ from torch import nn
 
 import camlib
 
-from conftest import SmallConvNet, count_hooks, left_alone
+from conftest import FAST_OPTIONS, METHOD_NAMES, SmallConvNet, count_hooks, left_alone
 
 THREADS = 8
 METHODS = ["gradcam", "scorecam", "ablationcam", "guided_gradcam", "cam"]
@@ -32,7 +32,13 @@ def batches(k: int = THREADS, n: int = 2, size: int = 16) -> list[torch.Tensor]:
 
 
 def options(method: str) -> dict:
-    return {"batch_size": 8} if method in ("scorecam", "ablationcam") else {}
+    """Small batches for the perturbation methods (several forward passes per call); fewer
+    samples (FAST_OPTIONS) and 3 SESS scales: these tests compare camlib with camlib."""
+    if method in ("scorecam", "ablationcam"):
+        return {"batch_size": 8}
+    if method == "sess":
+        return {"num_scales": 3, "batch_size": 8}
+    return dict(FAST_OPTIONS.get(method, {}))
 
 
 def run_threads(work) -> list:
@@ -179,30 +185,45 @@ class Fixed(nn.Module):
         return self.net(x, self.scale)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "scorecam", "ablationcam", "guided_backprop"])
+@pytest.mark.parametrize("method", [m for m in METHOD_NAMES if m != "cam"])
 def test_additional_forward_args_reach_the_model_and_only_x_is_explained(method):
+    """Every method: the per-image argument follows its image into every forward pass
+    (Score-CAM's and SS-CAM's rows, SESS's windows, Smooth Grad-CAM++'s noisy copies).
+    CAM is left out: scaling the logits by the argument makes the head something other than
+    fc(global_avg_pool(A)), which CAM refuses (test_cam.py)."""
     torch.manual_seed(0)
     model = ScaledNet(3).eval()
     x = batches(1, n=3)[0]
     scale = torch.tensor([[2.0], [-1.0], [0.5]])  # per image: rows follow the batch
     cls = camlib.METHODS[method]
-    layer = {} if method == "guided_backprop" else {"target_layer": "auto"}
-    # reference: each image alone, through a wrapper that fixes its own scale
-    want, want_scores = [], []
-    for n in range(3):
-        fixed = Fixed(model, scale[n])
-        with cls(fixed, **{k: "net.relu3" for k in layer}, **options(method)) as ref:
-            want.append(ref(x[n : n + 1], n + 1, upsample=False, normalize=False))
-            want_scores.append(ref.scores)
-    want, want_scores = torch.cat(want), torch.cat(want_scores)
+    layer = {"target_layer": "auto"} if cls.uses_layer else {}
+    named = {k: "net.relu3" for k in layer}
+    # reference: each image alone, through a wrapper that fixes its own scale; a method whose
+    # maps depend on the whole batch (DFF): the batch through a wrapper that fixes every scale
+    if getattr(cls, "batch_independent", True):
+        want, want_scores = [], []
+        for n in range(3):
+            with cls(Fixed(model, scale[n]).eval(), **named, **options(method)) as ref:
+                want.append(ref(x[n : n + 1], n + 1, upsample=False, normalize=False))
+                want_scores.append(ref.scores)
+        want, want_scores = torch.cat(want), torch.cat(want_scores)
+    else:
+        with cls(Fixed(model, scale).eval(), **named, **options(method)) as ref:
+            want = ref(x, [1, 2, 3], upsample=False, normalize=False)
+            want_scores = ref.scores
     with left_alone(model), cls(model, **layer, **options(method)) as ex:
         got = ex(x, [1, 2, 3], upsample=False, normalize=False, additional_forward_args=(scale,))
         if layer:
             assert ex.layer_name == "relu3"
         torch.testing.assert_close(ex.scores, want_scores)
-    assert got.shape[0] == 3 and (got.shape[1:] == x.shape[1:] or got.dim() == 3)
+    if getattr(cls, "output", None) == "concepts":  # (N, K, h, w) concept maps
+        assert got.shape[:2] == (3, 5) and got.dim() == 4
+    else:
+        assert got.shape[0] == 3 and (got.shape[1:] == x.shape[1:] or got.dim() == 3)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
     assert want.abs().max() > 0
     # a single non-tuple argument and camlib.explain
-    maps = camlib.explain(model, x, method, targets=[1, 2, 3], additional_forward_args=scale)
+    maps = camlib.explain(
+        model, x, method, targets=[1, 2, 3], additional_forward_args=scale, **options(method)
+    )
     assert maps.shape[0] == 3

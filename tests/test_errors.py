@@ -215,7 +215,11 @@ def test_bad_targets(name, case):
         make(name, model)(batch(), targets)
 
 
-@pytest.mark.parametrize("name", [n for n in METHOD_NAMES if n != "cam"])
+CLASS_ONLY = [n for n in METHOD_NAMES if camlib.METHODS[n].class_targets_only]
+"""Methods that explain class scores only (CAM, Finer-CAM): they refuse callable targets."""
+
+
+@pytest.mark.parametrize("name", [n for n in METHOD_NAMES if n not in CLASS_ONLY])
 def test_callable_returning_wrong_shape(name):
     model = small()
     with left_alone(model):
@@ -227,10 +231,13 @@ def test_callable_returning_wrong_shape(name):
             make(name, model)(batch(), lambda out: [1.0, 2.0, 3.0])
 
 
-def test_cam_rejects_callable_targets():
+@pytest.mark.parametrize("name", CLASS_ONLY)
+def test_class_only_methods_reject_callable_targets(name):
     model = small()
-    with left_alone(model), pytest.raises(camlib.TargetError, match="GradCAM"):
-        camlib.CAM(model)(batch(), lambda out: out[:, 0])
+    assert {"cam", "finercam"} <= set(CLASS_ONLY)
+    with left_alone(model), pytest.raises(camlib.TargetError, match="class scores only") as info:
+        make(name, model)(batch(), lambda out: out[:, 0])
+    assert "GradCAM" in message(info) and camlib.METHODS[name].__name__ in message(info)
 
 
 class SegNet(nn.Module):
@@ -254,8 +261,8 @@ def test_class_targets_need_n_by_k_output(name, targets):
     with left_alone(model), pytest.raises(camlib.TargetError, match="callable") as info:
         make(name, model, "relu")(batch(), targets)
     assert "(3, 3, 16, 16)" in message(info)
-    # and the suggested fix works for the gradient methods
-    if name != "cam":
+    # and the suggested fix works for the methods that take callable targets
+    if name not in CLASS_ONLY:
         maps = make(name, model, "relu")(batch(), lambda out: out[:, 1].mean((1, 2)))
         assert torch.isfinite(maps).all()
 

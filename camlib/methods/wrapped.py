@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..base import Explainer, MethodError, get_method
+from ..errors import CamlibError
 from ..layers import LayerSpec
 from ..targets import Targets
 
@@ -55,7 +56,9 @@ class WrappedCAM(Explainer):
         common = {"reshape_transform": reshape_transform, "layout": layout, "fuse": fuse}
         try:
             self.base: Explainer = cls(model, target_layer, **common, **options)
-        except TypeError as error:
+        except CamlibError:  # the base's own checks (an InputError is also a TypeError)
+            raise
+        except TypeError as error:  # an option the base method does not take
             raise MethodError(f"{who}(method={cls.name!r}): {error}") from None
         super().__init__(model, target_layer, **common)
         self.graph = cls.graph  # type: ignore[misc]
