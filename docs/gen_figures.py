@@ -10,7 +10,7 @@ Nothing under ``docs/img/`` or ``docs/snippets/`` is edited by hand: this script
   ``--max-width``, resized;
 * ``docs/snippets/mnist_*.md``: tables of the study's numbers, read from its
   ``metrics.json``, included by ``tutorial.md``, ``evaluation.md`` and ``choosing.md``
-  (``mnist_methods.md``: every method side by side) with ``pymdownx.snippets``
+  (``mnist_methods.md``: the study's ``camlib.evaluate`` leaderboard) with ``pymdownx.snippets``
   (``--8<-- "mnist_summary.md"``);
 * ``docs/img/bench/<device>/*.png`` and ``docs/snippets/bench_results.md``: the plots and
   tables of ``benchmarks/throughput.py`` (``benchmarks/results/<device>/results.{json,md}``).
@@ -30,7 +30,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from examples.mnist.methods import LABELS  # noqa: E402 - the study's names for the methods
 
 DOCS = ROOT / "docs"
 IMG = DOCS / "img"
@@ -138,9 +137,9 @@ MNIST_FIGURES = [
     "pointing",
     "sanity_panel",
     "sanity_curve",
-    "deletion_insertion",
     "two_digit",
-    "methods",
+    "two_digit_leaderboard",
+    "leaderboard",
 ]
 MNIST_SNIPPETS = [
     "mnist_run.md",
@@ -166,11 +165,40 @@ def num(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def _rows(board: dict) -> dict[str, dict]:
+    return {e["method"]: e for e in board["summary"]}
+
+
+def _columns(board: dict, metrics: list[str], arrows: dict[str, bool]) -> str:
+    """A sub-table of a leaderboard: every row (best first), some metrics' means."""
+    head = ["#", "map"] + [f"{m} {'↑' if arrows[m] else '↓'}" for m in metrics]
+    body = [
+        [str(i), e["method"] + (" *(baseline)*" if e["baseline"] else "")]
+        + [num(e[m]) for m in metrics]
+        for i, e in enumerate(board["summary"], start=1)
+    ]
+    return table(head, body, "rl" + "r" * len(metrics))
+
+
+HIGHER = {
+    "deletion": False,
+    "insertion": True,
+    "average_drop": False,
+    "increase_in_confidence": True,
+    "pointing_game": True,
+    "energy_pointing_game": True,
+    "relevance_mass": True,
+    "relevance_rank": True,
+}
+
+
 def mnist_snippets(m: dict, source: Path) -> dict[str, str]:
     """Markdown tables of the study's numbers, keyed by snippet file name."""
     base, imp = m["baseline"], m["improved"]
     pg, san, cvg = m["pointing_game"], m["sanity"], m["cam_vs_gradcam"]
-    dele, ins, di = m["deletion_auc"], m["insertion_auc"], m["deletion_insertion"]
+    lb, td = m["leaderboard"], m["two_digit"]
+    rows, td_rows = _rows(lb), _rows(td)
+    gc, rnd, gauss = rows["gradcam"], rows["random"], rows["gaussian"]
     v = m["versions"]
     shifted = next(k for k in base if k.startswith("shifted_test_accuracy_max"))
     shift_px = shifted.removeprefix("shifted_test_accuracy_max").removesuffix("px")
@@ -181,17 +209,20 @@ def mnist_snippets(m: dict, source: Path) -> dict[str, str]:
             '!!! warning "Quick smoke run"\n'
             "    The MNIST numbers and figures come from a `--quick` run (a few thousand "
             "training images, one epoch per model), which only shows that every stage runs. "
-            "Run the full study and `python docs/gen_figures.py` again for the real results.\n\n"
+            "Run the study and `python docs/gen_figures.py` again for the real results.\n\n"
         )
         if m.get("quick")
         else ""
     )
+    command = {"full": "make demo-full", "default": "make demo"}.get(m.get("mode", ""), "")
     run = quick + (
-        f"The numbers and figures on this page come from one run: "
+        f"The numbers and figures on this page come from one run"
+        f"{f' (`{command}`)' if command else ''}: "
         f"{m['n_train']:,} training images (of {m['n_train_available']:,} in the data files), "
         f"{m['n_test']:,} test images, seed {m['seed']}, {v['torch_threads']} CPU threads, "
         f"torch {v['torch']}, torchvision {v['torchvision']}, camlib {v['camlib']}; total wall "
-        f"time {m['total_seconds']:.0f} s.\n"
+        f"time {m['total_seconds']:.0f} s on a machine shared with other jobs "
+        f"({m['total_cpu_seconds']:.0f} s of CPU time, all threads).\n"
     )
     out["mnist_run.md"] = run
 
@@ -206,21 +237,16 @@ def mnist_snippets(m: dict, source: Path) -> dict[str, str]:
             ],
             [
                 "pointing game on translated digits (one per canvas, true class), Grad-CAM "
-                "(random point)",
-                f"{pct(pg['gradcam'])} ({pct(pg['random_baseline'])})",
+                "(random map / centred blob)",
+                f"{pct(gc['pointing_game'])} ({pct(rnd['pointing_game'])} / "
+                f"{pct(gauss['pointing_game'])})",
             ],
-            *(
-                [
-                    [
-                        "two digits per canvas, Grad-CAM's maximum on the explained class's "
-                        "digit (one map cell of tolerance)",
-                        f"{pct(m['two_digit']['methods']['gradcam']['hit'])} "
-                        f"({pct(m['two_digit']['methods']['gradcam']['hit_one_cell'])})",
-                    ]
-                ]
-                if "two_digit" in m
-                else []
-            ),
+            [
+                "two digits per canvas, Grad-CAM's maximum on the explained class's digit "
+                "(Eigen-CAM, class-agnostic)",
+                f"{pct(td_rows['gradcam']['pointing_game'])} "
+                f"({pct(td_rows.get('eigencam', {}).get('pointing_game'))})",
+            ],
             [
                 "rank correlation after randomising all weights, Grad-CAM / Guided Backprop",
                 f"{num(san['gradcam_randomization_rank_corr'])} / "
@@ -229,11 +255,15 @@ def mnist_snippets(m: dict, source: Path) -> dict[str, str]:
             ["CAM vs Grad-CAM x h*w, max relative difference", f"{cvg['max_rel_diff']:.1e}"],
             [
                 "deletion AUC, Grad-CAM / random map (lower is better)",
-                f"{num(dele['gradcam'])} / {num(dele['random'])}",
+                f"{num(gc['deletion'])} / {num(rnd['deletion'])}",
             ],
             [
                 "insertion AUC, Grad-CAM / random map (higher is better)",
-                f"{num(ins['gradcam'])} / {num(ins['random'])}",
+                f"{num(gc['insertion'])} / {num(rnd['insertion'])}",
+            ],
+            [
+                f"first of the {len(lb['methods']) - 2} methods on the leaderboard",
+                f"`{lb['methods'][0]}` (Grad-CAM: {lb['methods'].index('gradcam') + 1})",
             ],
         ],
     )
@@ -316,24 +346,17 @@ def mnist_snippets(m: dict, source: Path) -> dict[str, str]:
         "lr",
     )
 
+    loc = [c for c in list(HIGHER)[4:] if c in lb["metrics"]]
     out["mnist_pointing.md"] = (
-        quick + f"On the MNIST study's {pg['n_images']:,} translated test digits "
-        f"({pg['canvas_size']}x{pg['canvas_size']} canvases, maps for the {pg['target']}, "
-        f"tolerance {pg['tolerance_px']} px; the improved model classifies "
-        f"{pct(pg['canvas_accuracy'])} of the canvases correctly):\n\n"
-        + table(
-            ["map", "hit rate", "map energy inside the box"],
-            [
-                ["Grad-CAM", pct(pg["gradcam"]), pct(pg.get("gradcam_energy_in_box"))],
-                ["CAM", pct(pg["cam"]), pct(pg.get("cam_energy_in_box"))],
-                [
-                    "random point / uniform map",
-                    pct(pg["random_baseline"]),
-                    pct(pg["random_baseline"]),
-                ],
-            ],
-            "lrr",
-        )
+        quick + f"On the MNIST study's translated test digits ({pg['canvas_size']}x"
+        f"{pg['canvas_size']} canvases, maps for the {pg['target']}; the improved model "
+        f"classifies {pct(pg['canvas_accuracy'])} of them correctly), Grad-CAM's maximum "
+        f"falls on the digit's box for {pct(pg['gradcam'])} of {pg['n_images']:,} canvases; a "
+        f"uniformly random point would hit {pct(pg['random_baseline'])}. The leaderboard's "
+        f"localisation columns ({lb['n_canvases']:,} canvases; `camlib.evaluate` with the "
+        "digits' boxes and ink masks; the pointing and energy games on the box, relevance "
+        "mass and rank on the ink):\n\n"
+        + _columns(lb, loc, HIGHER)
         + "\n[![Pointing game on translated digits](img/mnist/pointing.png)](img/mnist/pointing.png)\n\n"
         "*Grad-CAM of the true class; the box is the digit's ink (green: hit, red: miss), the "
         "cross the map's maximum.*\n\n" + pointing_caveat(pg)
@@ -352,40 +375,31 @@ def mnist_snippets(m: dict, source: Path) -> dict[str, str]:
             "lrr",
         )
         + f"\n{san['gradcam_undefined_constant_maps']} Grad-CAM maps of the fully randomised "
-        "model were constant (all zero after the ReLU) and are left out of its mean.\n\n"
+        "model were constant (all zero after the ReLU) and are left out of its mean. The "
+        "[leaderboard](choosing.md) has every method at the last stage (its `randomisation` "
+        "column: the mean |rank correlation|).\n\n"
         "[![Cascading randomisation: maps per stage](img/mnist/sanity_panel.png)](img/mnist/sanity_panel.png)\n\n"
         "[![Rank correlation per stage](img/mnist/sanity_curve.png)](img/mnist/sanity_curve.png)\n"
     )
 
+    faith = [c for c in lb["metrics"][:4]]
     out["mnist_faithfulness.md"] = (
-        f"In the MNIST study ({di['n_images']:,} test digits, {di['steps']} steps, "
-        f"{di['target']}; baseline: {di['baseline']}):\n\n"
-        + table(
-            ["map", "deletion AUC (lower is better)", "insertion AUC (higher is better)"],
-            [
-                [
-                    "random map" if k == "random" else LABELS.get(k, k),
-                    num(dele[k]),
-                    num(ins.get(k)),
-                ]
-                for k in dele
-            ],
-            "lrr",
-        )
-        + "\n[![Deletion and insertion curves](img/mnist/deletion_insertion.png)](img/mnist/deletion_insertion.png)\n"
+        quick + f"In the MNIST study ({lb['n_digits']:,} test digits, {lb['steps']} steps, true "
+        "class, softmax probability; deleted pixels become black and insertion starts from a "
+        "black canvas), from the study's `camlib.evaluate` leaderboard, best first:\n\n"
+        + _columns(lb, faith, HIGHER)
+        + "\nThe random map and the centred blob are the rows to beat.\n"
     )
 
-    if "two_digit" in m:
-        out["mnist_two_digit.md"] = quick + two_digit_snippet(m["two_digit"])
-    if "method_table" in m:
-        out["mnist_methods.md"] = quick + methods_snippet(m)
+    out["mnist_two_digit.md"] = quick + two_digit_snippet(td)
+    out["mnist_methods.md"] = quick + methods_snippet(m)
 
-    timings = m.get("timings_s", {})
+    timings, cpu = m.get("timings_s", {}), m.get("cpu_seconds", {})
     out["mnist_timings.md"] = table(
-        ["stage", "seconds"],
-        [[k, f"{sec:.1f}"] for k, sec in timings.items()]
-        + [["**total**", f"**{m['total_seconds']:.1f}**"]],
-        "lr",
+        ["stage", "wall s", "CPU s"],
+        [[k, f"{sec:.1f}", f"{cpu.get(k, float('nan')):.1f}"] for k, sec in timings.items()]
+        + [["**total**", f"**{m['total_seconds']:.1f}**", f"**{m['total_cpu_seconds']:.1f}**"]],
+        "lrr",
     )
     return {name: note(source) + text for name, text in out.items()}
 
@@ -415,32 +429,23 @@ def pointing_caveat(pg: dict) -> str:
 
 
 def two_digit_snippet(td: dict) -> str:
-    mv = td["model"]
-    rows = [
-        [
-            LABELS.get(k, k),
-            pct(v["hit"]),
-            pct(v["hit_one_cell"]),
-            pct(v["both_hit"]),
-            pct(v["other_digit"]),
-            f"{v['n_maps']:,}",
-        ]
-        for k, v in td["methods"].items()
-    ]
+    mv, both = td["model"], td["both_hit"]
+    shown = ", ".join(f"{k} {pct(both[k])}" for k in td["methods"][:5])
+    contrast = ", ".join(f"{k} {pct(both[k])}" for k in ("eigencam", "random") if k in both)
     return (
         f"{td['n_canvases']:,} canvases of {td['canvas_size']}x{td['canvas_size']} pixels, two "
         f"test digits of different classes each, ink boxes at least {td['min_gap_px']} px "
-        "apart; each digit's class explained in turn. A hit: the map's maximum inside that "
-        f"digit's box (no tolerance / one map cell = {td['map_cell_px']} px). *Both hit*: "
-        "both maps of a canvas found their own digit; *other digit*: the maximum lies on the "
-        f"wrong digit. A random point hits {pct(td['random_baseline'])}; the model puts both "
+        "apart; each digit's class explained in turn by every method, in one "
+        "`camlib.evaluate` call (the canvases twice, targets and boxes per image). A hit: "
+        "the map's maximum inside that digit's box; the energy game: the share of the map's "
+        "mass inside it. A map that ignores the class hits at most one digit per canvas "
+        f"(<= 50 %); a random point hits {pct(td['random_point'])}; the model puts both "
         f"classes in its top 2 for {pct(mv['top2_are_the_two'])} of the canvases.\n\n"
-        + table(
-            ["method", "hits", "hits, one cell", "both hit", "other digit", "maps"],
-            rows,
-            "lrrrrr",
-        )
-        + "\n[![Two digits, each class explained in turn](img/mnist/two_digit.png)]"
+        + td["markdown"]
+        + f"\nBoth maps of a canvas on their own digit: {shown}; {contrast}.\n\n"
+        "[![Two-digit test, every method](img/mnist/two_digit_leaderboard.png)]"
+        "(img/mnist/two_digit_leaderboard.png)\n\n"
+        "[![Two digits, each class explained in turn](img/mnist/two_digit.png)]"
         "(img/mnist/two_digit.png)\n\n"
         "*Per canvas: the two digits; then Grad-CAM, Eigen-CAM and Guided Backprop for each "
         "digit's class (box: that digit, green = hit, red = miss; dashed: the other digit; "
@@ -449,57 +454,25 @@ def two_digit_snippet(td: dict) -> str:
 
 
 def methods_snippet(m: dict) -> str:
-    rows = m["method_table"]
-    tp = m["time_per_image"]
-    first = next(iter(tp.values()))
-    body = [
-        [
-            v["label"],
-            pct(v["pointing"]),
-            pct(v["two_digit"]),
-            num(v["deletion_auc"]),
-            num(v["insertion_auc"]),
-            num(v["randomization_rank_corr"], 2),
-            f"{v['ms_per_image']:.2f}",
-            f"{v['forwards_per_image']:.0f}",
-        ]
-        for v in rows.values()
-    ]
-    body.append(
-        ["random map", "", "", num(m["deletion_auc"]["random"]), num(m["insertion_auc"]["random"])]
-        + [""] * 3
-    )
-    pg, td, sn = m["pointing_game"], m["two_digit"], m["sanity"]
-    sc = rows.get("scorecam", {})
+    lb = m["leaderboard"]
     v = m["versions"]
+    skipped = (
+        " Left out of this run for time: " + ", ".join(f"`{x}`" for x in lb["skipped"]) + "."
+        if lb["skipped"]
+        else ""
+    )
     return (
-        table(
-            [
-                "method",
-                "pointing, one digit",
-                "pointing, two digits",
-                "deletion AUC (lower)",
-                "insertion AUC (higher)",
-                "randomisation corr. (near 0)",
-                "ms / image",
-                "forwards / image",
-            ],
-            body,
-            "lrrrrrrr",
-        )
-        + f"\n*The improved MNIST model, layer `block3` (Guided Backprop: the input); signed maps "
-        "as |value| summed over channels. Pointing: hit rate of the map's maximum on the "
-        f"explained class's digit, one digit per canvas ({pg['methods']['gradcam']['n']:,} "
-        f"canvases) or two ({td['methods']['gradcam']['n_maps']:,} maps), no tolerance; "
-        f"Score-CAM and Ablation-CAM on the first {sc.get('pointing_n', 'n/a')} canvases of "
-        f"each. Deletion/insertion: {m['deletion_insertion']['n_images']} test digits, "
-        f"{m['deletion_insertion']['steps']} steps, black baseline. Randomisation: Spearman "
-        "correlation of the maps of the trained and of the fully re-initialised model "
-        f"({sn['methods_n_images']} test digits). Time: one call on the same batch of "
-        f"{first['batch']} digits, median of {first['repeats']}, {v['torch_threads']} CPU "
-        "thread(s) on a shared machine - indicative only; forwards / image counts the images "
-        "the model's forward saw per explained image.*\n\n"
-        "[![Every method on four tests](img/mnist/methods.png)](img/mnist/methods.png)\n"
+        lb["markdown"]
+        + f"\n*The improved MNIST model, layer `block3` (Guided Backprop: the input), every "
+        "map for the true class, signed maps as |value| summed over channels. One "
+        "`camlib.evaluate` run on the first "
+        f"{lb['n_digits']:,} 28x28 test digits gives the faithfulness ({lb['steps']} steps, "
+        "black baseline), sanity, complexity and cost columns; a second on the first "
+        f"{lb['n_canvases']:,} translated digits (56x56 canvases, the digit's box and ink) the "
+        "localisation columns; `Leaderboard.from_rows` puts their per-image rows in one "
+        f"table.{skipped} Milliseconds: {v['torch_threads']} CPU thread(s) on a shared "
+        "machine, indicative only; forwards per map are counted.*\n\n"
+        "[![Every method, every metric](img/mnist/leaderboard.png)](img/mnist/leaderboard.png)\n"
     )
 
 
