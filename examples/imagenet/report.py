@@ -159,13 +159,22 @@ def _leaderboard(add, lb: dict, fig: dict) -> None:
     for name, b in lb["boxes"].items():
         add(f"| {name} | {', '.join(str(c) for c in b['box'])} | {b['object']} |")
     add("")
-    if lb["left_out"]:
+    why = {
+        "perturbation": "one forward pass per channel of the layer, 1280 here, several for "
+        "SS-CAM and IS-CAM, per map and per re-explanation",
+        "transformers only": "it reads attention maps",
+        "not asked for": "not in `--leaderboard`",
+    }
+    parts = [
+        ", ".join(f"`{m}`" for m in names) + f" ({why[k]})"
+        for k, names in lb["left_out"].items()
+        if names
+    ]
+    if parts:
         add(
             "Not ranked here: "
-            + ", ".join(f"`{m}`" for m in lb["left_out"])
-            + " (the perturbation methods cost one forward pass per channel of the layer, "
-            "1280 here, several for SS-CAM and IS-CAM, per map and per re-explanation; "
-            "LeGrad explains transformers). `--leaderboard NAME ...` ranks any list.\n"
+            + "; ".join(parts)
+            + ". `--leaderboard NAME ...` ranks any list of methods.\n"
         )
     if lb["dropped"]:
         add(
@@ -180,9 +189,10 @@ def _leaderboard(add, lb: dict, fig: dict) -> None:
     text = [f"**{best}** ranks first."]
     gc = rows.get("gradcam")
     if gc:
+        place = lb["methods"].index("gradcam") + 1
         text.append(
-            f"Grad-CAM ranks {lb['methods'].index('gradcam') + 1} of {len(lb['methods'])}; "
-            f"its maximum falls in the box for {pct(gc['pointing_game'])} of the photos "
+            (f"Grad-CAM ranks {place} of {len(lb['methods'])}; its" if place > 1 else "Its")
+            + f" maximum falls in the box for {pct(gc['pointing_game'])} of the photos "
             f"(random map {pct(rnd['pointing_game'])}, centred blob "
             f"{pct(gauss['pointing_game'])})."
         )

@@ -182,7 +182,21 @@ def rank_methods(
         "summary": board.summary,
         "markdown": board.to_markdown(),
         "dropped": dict(board.dropped),
-        "left_out": [m for m in method_names() if m not in methods],
+        "left_out": {
+            "perturbation": [m for m in method_names() if m not in methods and slow(m)],
+            "transformers only": [
+                m
+                for m in method_names()
+                if m not in methods and getattr(camlib.get_method(m), "needs_attention", False)
+            ],
+            "not asked for": [
+                m
+                for m in method_names()
+                if m not in methods
+                and not slow(m)
+                and not getattr(camlib.get_method(m), "needs_attention", False)
+            ],
+        },
     }
 
 
