@@ -260,6 +260,7 @@ def explain_files(
     out = Path(out)
     dev = resolve_device(device)
     cls = get_method(method)
+    check_one_map_per_image(cls)
     kind, k = parse_targets(targets)
     _check_loader_settings(batch_size, workers)
     signed = bool(getattr(cls, "signed", False))
@@ -344,6 +345,33 @@ def _explain_job(explainer: Any, model: nn.Module, ctx: dict, kind: str, title: 
     )
 
 
+def check_one_map_per_image(cls: type) -> None:
+    """Refuse a method whose output ``camlib explain`` cannot write faithfully: one that
+    returns several concept maps per image (``output = "concepts"``, DFF) or whose maps
+    depend on the whole batch (``batch_independent = False``). The files are explained in
+    batches the pipeline chooses (``batch_size``, torchrun ranks, ``--resume``), so such
+    maps would differ between batches with nothing in the outputs to say so."""
+    concepts = getattr(cls, "output", None) == "concepts"
+    if not concepts and getattr(cls, "batch_independent", True):
+        return
+    what = (
+        "returns K concept maps per image (N, K, H, W), not one heatmap, factorised jointly "
+        "over each call's batch"
+        if concepts
+        else "computes each image's map from the whole batch (batch_independent = False)"
+    )
+    how = (
+        f"camlib.{cls.__name__}(model, layer).factorize(images)"
+        if hasattr(cls, "factorize")
+        else f"camlib.get_method({cls.name!r})(model, layer)(images)"
+    )
+    raise BatchError(
+        f"camlib explain cannot run method {cls.name!r} ({cls.__name__}): it {what}, so images "
+        f"in different batches (--batch-size, torchrun ranks, --resume) would get unrelated "
+        f"maps. Explain the images to compare together in one call from Python: {how}"
+    )
+
+
 def _check_loader_settings(batch_size: int, workers: int) -> None:
     if batch_size < 1:
         raise BatchError(f"batch_size must be >= 1, got {batch_size}")
@@ -354,7 +382,12 @@ def _check_loader_settings(batch_size: int, workers: int) -> None:
 def _layer_name(explainer: Any) -> str:
     if not getattr(explainer, "uses_layer", True):
         return "input"
-    names = getattr(explainer, "layer_names", None) or [getattr(explainer, "layer_name", "")]
+    blocks = getattr(explainer, "blocks", None)  # LeGrad: every block it reads
+    names = (
+        [ref.spec for ref in blocks]
+        if blocks
+        else getattr(explainer, "layer_names", None) or [getattr(explainer, "layer_name", "")]
+    )
     return ",".join(str(n) for n in names if n)
 
 

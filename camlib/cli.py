@@ -623,12 +623,32 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from .base import available_methods, get_method
 
     for name in available_methods():
-        cls = get_method(name)
-        kind = "signed (C, H, W) input map" if getattr(cls, "signed", False) else "heatmap"
-        layer = "layer" if getattr(cls, "uses_layer", True) else "input only"
-        where = "" if cls.__module__.startswith("camlib.") else f"  [{cls.__module__}]"
-        print(f"{name:<18} {cls.__name__:<18} {kind}, {layer}{where}")
+        print(method_line(name, get_method(name)))
     return 0
+
+
+def method_line(name: str, cls: type) -> str:
+    """One line of ``camlib methods``: name, class, what a call returns, what it explains,
+    and what it needs (class attributes; plugins without them read as plain heatmap
+    methods): ``output = "concepts"`` (DFF: K concept maps per image), ``signed`` (guided
+    methods), ``uses_layer``, ``needs_attention`` (LeGrad: transformers only),
+    ``class_targets_only``, ``batch_independent = False`` (maps depend on the whole batch;
+    ``camlib explain`` refuses them)."""
+    if getattr(cls, "output", None) == "concepts":
+        kind = "K concept maps (N, K, H, W)"
+    elif getattr(cls, "signed", False):
+        kind = "signed (C, H, W) input map"
+    else:
+        kind = "heatmap"
+    parts = [kind, "layer" if getattr(cls, "uses_layer", True) else "input only"]
+    if getattr(cls, "needs_attention", False):
+        parts.append("transformers only (reads attention)")
+    if getattr(cls, "class_targets_only", False):
+        parts.append("class targets only")
+    if not getattr(cls, "batch_independent", True):
+        parts.append("maps depend on the whole batch (not for camlib explain)")
+    where = "" if cls.__module__.startswith("camlib.") else f"  [{cls.__module__}]"
+    return f"{name:<20} {cls.__name__:<26} {', '.join(parts)}{where}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -179,11 +179,13 @@ FAST_OPTIONS: dict[str, dict] = {
     "sscam": {"samples": 2},
     "iscam": {"samples": 2},
     "smoothgradcampp": {"samples": 2},
+    "sess": {"num_scales": 3},
 }
-"""Fewer noisy samples for the sampling methods in the invariant suites, which check what a
-call does to the model, not the maps' values (SS-CAM's 35 default samples times 512 ResNet
-channels would cost minutes per call); each method's values are tested at its defaults in
-its own test file."""
+"""Fewer noisy samples for the sampling methods, and 3 of SESS's 12 default scales, in the
+invariant suites, which check what a call does to the model, not the maps' values (SS-CAM's
+35 default samples times 512 ResNet channels would cost minutes per call; SESS's 12 scales
+explain ~120 windows per image); each method's values are tested at its defaults in its own
+test file."""
 
 
 def make(name: str, model: nn.Module, layer="relu3") -> camlib.Explainer:

@@ -467,3 +467,87 @@ def test_parse_targets_and_inputs(work: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert cli.main(["methods"]) == 0
+
+
+# -- camlib methods and explain with the methods that are not plain layer heatmaps ------------
+def test_methods_says_what_each_method_returns_and_needs(capsys) -> None:
+    assert cli.main(["methods"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert set(lines) == set(camlib.available_methods())
+    assert "DeepFeatureFactorization" in lines["dff"]
+    assert (
+        "K concept maps (N, K, H, W)" in lines["dff"] and "not for camlib explain" in lines["dff"]
+    )
+    assert "heatmap, input only" in lines["fullgrad"]
+    assert "signed (C, H, W) input map, input only" in lines["guided_backprop"]
+    assert "transformers only" in lines["legrad"] and "class targets only" in lines["legrad"]
+    assert "class targets only" in lines["finercam"] and "class targets only" in lines["cam"]
+    assert lines["gradcam"].split()[2:] == ["heatmap,", "layer"]
+
+
+def test_explain_refuses_concept_maps_before_any_image(work: Path, capsys) -> None:
+    """DFF returns K concepts per image, factorised per batch: camlib explain refuses it,
+    naming the method and the Python call to use, and writes nothing."""
+    out = work / "dff"
+    args = ["explain", "tinypkg.nets:build", "images", "--out", "dff", "--method", "dff"]
+    cwd = Path.cwd()
+    os.chdir(work)
+    try:
+        code = cli.main([*args, "--no-progress", "--workers", "0"])
+    finally:
+        os.chdir(cwd)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot run method 'dff' (DeepFeatureFactorization)" in err
+    assert "K concept maps per image" in err
+    assert "camlib.DeepFeatureFactorization(model, layer).factorize(images)" in err
+    assert not out.exists()
+
+
+def test_explain_fullgrad_takes_no_layer_and_legrad_needs_a_transformer(work: Path, capsys):
+    """FullGrad explains the input: its maps are the library's, and --layer is refused.
+    LeGrad reads attention: refused on a CNN with the reason, and on a small torchvision
+    ViT its maps are the library's."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from camlib.batch import explain_files
+
+    common = ["tinypkg.nets:build", "images/a.png", "--size", "24", "--workers", "0"]
+    cwd = Path.cwd()
+    os.chdir(work)
+    try:
+        assert cli.main(["explain", *common, "--out", "fg", "-m", "fullgrad", "--no-progress"]) == 0
+        code = cli.main(["explain", *common, "--out", "fg4", "-m", "fullgrad", "--layer", "4"])
+        assert code == 2 and "explains the input only" in capsys.readouterr().err
+        assert cli.main(["explain", *common, "--out", "lg", "-m", "legrad", "--no-progress"]) == 2
+        assert "LeGrad explains vision transformers" in capsys.readouterr().err
+    finally:
+        os.chdir(cwd)
+    image = torch.from_numpy(np.array(Image.open(work / "images/a.png")))
+    size = tuple(image.shape[:2])
+    x = Preprocess(size=(24, 24))(image)[None]
+    raw = camlib.FullGrad(tiny_model(work))(x, upsample=False, normalize=False)
+    want = normalize_minmax(upsample(raw, size))[0].numpy()
+    np.testing.assert_allclose(np.load(work / "fg/maps/a.npy"), want, atol=1e-5)
+    assert read_csv(work / "fg/results.csv")[0]["layer"] == "input"
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(32, 16, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
+    with torch.no_grad():
+        vit.heads.head.weight.normal_()  # torchvision's head starts at zero: no gradient
+    vit.eval()
+    pre = Preprocess(size=(32, 32))
+    summary = explain_files(
+        vit, [work / "images/a.png"], work / "lgvit", preprocess=pre, method="legrad",
+        workers=0, progress=False,
+    )  # fmt: skip
+    assert not summary.failed
+    row = read_csv(work / "lgvit/results.csv")[0]
+    assert row["status"] == "ok"  # every block LeGrad reads
+    assert row["layer"] == "encoder.layers.encoder_layer_0,encoder.layers.encoder_layer_1"
+    with camlib.LeGrad(vit) as legrad:
+        raw = legrad(pre(image)[None], upsample=False, normalize=False)
+        assert int(row["class_index"]) == int(legrad.classes[0])
+    want = normalize_minmax(upsample(raw, size))[0].numpy()
+    assert want.max() == 1
+    np.testing.assert_allclose(np.load(work / "lgvit/maps/a.npy"), want, atol=1e-5)
