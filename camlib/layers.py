@@ -229,7 +229,7 @@ def probe_layers(
 
     Without ``grad`` the pass runs under ``no_grad`` and keeps no tensors. With ``grad``
     it records the graph from a copy of the input and keeps the outputs that could be maps
-    (and the model's output) for :func:`_pick`'s gradient check. Only this thread's forward
+    (and the model's output) for the gradient check of the automatic choice. Only this thread's forward
     pass is recorded (other threads may share the model); the model's buffers are put
     back when it is in training mode.
     """

@@ -9,7 +9,7 @@ A method file subclasses one family and states only its maths:
   on the full graph with ``create_graph=True``, so ``channel_weights``/``combine`` must be
   made of differentiable torch ops (in-place ops that autograd accepts are fine). A
   method whose maths is not differentiable sets ``differentiable = False`` and says why in
-  ``nondifferentiable_reason``; one that overrides :meth:`GradientCAM.attribute` is not
+  ``nondifferentiable_reason``; one that overrides ``GradientCAM.attribute`` is not
   differentiable unless its class says so itself.
 * :class:`ActivationCAM` - activations only, no gradient (CAM, Eigen-CAM): ``combine(A)``.
   Not differentiable.
@@ -59,7 +59,7 @@ class GradientCAM(Explainer):
     ``differentiable = True``: with ``differentiable=True`` the forward pass records the full
     graph, A stays in it, g is taken with ``create_graph=True`` and ``combine(A, g)`` is
     differentiated through (see :meth:`camlib.Explainer.__call__`). A subclass that
-    overrides :meth:`attribute` inherits ``differentiable = False`` unless it sets the
+    overrides ``attribute`` inherits ``differentiable = False`` unless it sets the
     attribute itself (its own passes have not been checked for a differentiable path).
     """
 
