@@ -230,6 +230,8 @@ def test_every_method(method, dims):
             want = formulas.fullgrad(model, x, CLASSES, [model.conv1, model.conv2])
             assert got.shape == want.shape == x.shape[:1] + size
             assert_close(got, want)
+            input_term = formulas.fullgrad(model, x, CLASSES, [])
+            assert (want - input_term).abs().max() > 0.1 * want.abs().max(), "no bias term"
             torch.testing.assert_close(final, formulas.minmax_each(want), rtol=1e-5, atol=1e-6)
             return
         if method == "sess":  # see APART

@@ -21,7 +21,7 @@ a 2x2 last stage) with random weights; every method runs on the same torchvision
 made small (``VisionTransformer`` with 2 layers of width 32, ``SwinTransformer`` with two
 stages of width 16/32), in float64 so agreement is checked at 1e-6 of each map's peak.
 torchvision initialises ViT heads to zero (every gradient would be 0), so the heads get
-random weights here.
+random weights here (and the tiny ViT's patch embedding a random bias, for FullGrad).
 """
 
 from __future__ import annotations
@@ -115,6 +115,8 @@ def tiny_vit() -> nn.Module:
         mlp_dim=64,
         num_classes=10,
     )
+    with torch.no_grad():  # torchvision starts it at zero: FullGrad's bias term would be empty
+        model.conv_proj.bias.normal_(0, 0.1)
     return _random_head(model, model.heads.head).double().eval()
 
 
@@ -358,6 +360,8 @@ def checked_apart(
             final = ex(x, CLASSES)
         want = formulas.fullgrad(model, x, CLASSES, [patch_embedding])
         assert_maps_equal(got, want)
+        input_term = formulas.fullgrad(model, x, CLASSES, [])
+        assert (want - input_term).abs().max() > 0.1 * want.abs().max(), "no bias term"
         torch.testing.assert_close(final, formulas.minmax_each(want), rtol=1e-6, atol=1e-6)
         with pytest.raises(camlib.LayerError, match="takes no target_layer"):
             camlib.FullGrad(model, layer)
