@@ -178,8 +178,13 @@ def test_layer_returning_a_tuple(name):
     with left_alone(model), pytest.raises(camlib.LayerError, match="returned a tuple") as info:
         make(name, model, "block")(batch())
     assert "'block'" in message(info)
-    # the auto layer skips it and picks the conv inside
-    maps = camlib.GradCAM(model)(batch())
+    # "auto" does not guess inside a block that returns a tuple (in a real network such a
+    # conv may be a residual branch): it refuses, naming the candidate and the reason ...
+    with left_alone(model), pytest.raises(camlib.LayerError) as info:
+        camlib.GradCAM(model)(batch())
+    assert "block.conv" in message(info) and "returns a tuple" in message(info)
+    # ... and the named conv works
+    maps = camlib.GradCAM(model, "block.conv")(batch())
     assert maps.shape == (3, 16, 16)
 
 

@@ -270,15 +270,26 @@ class TokenNet(nn.Module):
         return self.fc(F.gelu(self.mixer(tokens)).mean(1))
 
 
-def test_auto_warns_before_a_token_stage():
+def test_auto_picks_the_token_stage_after_the_patch_embedding(recwarn):
+    """ "auto" explains the last token stream (the mixer), not the patch embedding (the
+    stem): the raw map equals Grad-CAM by hand on the mixer's tokens laid out as 4 x 4."""
     torch.manual_seed(0)
-    cam = camlib.GradCAM(TokenNet().eval())
-    with pytest.warns(
-        UserWarning, match=r"picked 'embed'.*token sequences.*no.*norm feeding attention"
-    ) as rec:
-        maps = cam(batch(2, 16))
-    assert rec[0].filename == __file__  # the warning points at the user's call
-    assert maps.shape == (2, 16, 16)
+    model, x = TokenNet().eval(), batch(2, 16)
+    cam = camlib.GradCAM(model)
+    raw = cam(x, upsample=False, normalize=False)
+    assert cam.layer_name == "mixer" and [str(w.message) for w in recwarn] == []
+    seen = {}
+    handle = model.mixer.register_forward_hook(lambda m, i, o: seen.setdefault("a", o))
+    try:
+        out = model(x)
+    finally:
+        handle.remove()
+    score = out.gather(1, out.argmax(1, keepdim=True)).sum()
+    (g,) = torch.autograd.grad(score, seen["a"])
+    a = seen["a"].detach().transpose(1, 2).reshape(2, 8, 4, 4)
+    g = g.transpose(1, 2).reshape(2, 8, 4, 4)
+    expected = (g.mean((2, 3))[:, :, None, None] * a).sum(1).relu()
+    torch.testing.assert_close(raw, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_auto_on_a_plain_cnn_does_not_warn(recwarn):
