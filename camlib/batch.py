@@ -347,11 +347,11 @@ def _explain_job(explainer: Any, model: nn.Module, ctx: dict, kind: str, title: 
 
 def check_one_map_per_image(cls: type) -> None:
     """Refuse a method whose output ``camlib explain`` cannot write faithfully: one that
-    returns several concept maps per image (``output = "concepts"``, DFF) or whose maps
+    returns several concept maps per image (``returns = "concepts"``, DFF) or whose maps
     depend on the whole batch (``batch_independent = False``). The files are explained in
     batches the pipeline chooses (``batch_size``, torchrun ranks, ``--resume``), so such
     maps would differ between batches with nothing in the outputs to say so."""
-    concepts = getattr(cls, "output", None) == "concepts"
+    concepts = getattr(cls, "returns", None) == "concepts"
     if not concepts and getattr(cls, "batch_independent", True):
         return
     what = (

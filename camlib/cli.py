@@ -630,11 +630,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def method_line(name: str, cls: type) -> str:
     """One line of ``camlib methods``: name, class, what a call returns, what it explains,
     and what it needs (class attributes; plugins without them read as plain heatmap
-    methods): ``output = "concepts"`` (DFF: K concept maps per image), ``signed`` (guided
+    methods): ``returns = "concepts"`` (DFF: K concept maps per image), ``signed`` (guided
     methods), ``uses_layer``, ``needs_attention`` (LeGrad: transformers only),
     ``class_targets_only``, ``batch_independent = False`` (maps depend on the whole batch;
     ``camlib explain`` refuses them)."""
-    if getattr(cls, "output", None) == "concepts":
+    if getattr(cls, "returns", None) == "concepts":
         kind = "K concept maps (N, K, H, W)"
     elif getattr(cls, "signed", False):
         kind = "signed (C, H, W) input map"

@@ -216,7 +216,7 @@ def test_additional_forward_args_reach_the_model_and_only_x_is_explained(method)
         if layer:
             assert ex.layer_name == "relu3"
         torch.testing.assert_close(ex.scores, want_scores)
-    if getattr(cls, "output", None) == "concepts":  # (N, K, h, w) concept maps
+    if getattr(cls, "returns", None) == "concepts":  # (N, K, h, w) concept maps
         assert got.shape[:2] == (3, 5) and got.dim() == 4
     else:
         assert got.shape[0] == 3 and (got.shape[1:] == x.shape[1:] or got.dim() == 3)

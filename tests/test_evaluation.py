@@ -550,3 +550,15 @@ def test_the_docs_page_runs(tmp_path, monkeypatch):
     assert set(board.methods) == {"gradcam", "layercam", *BASELINES}
     assert (tmp_path / "evaluation" / "leaderboard.png").is_file()
     assert "massincentre" not in METRICS  # the page's metric is unregistered again
+
+
+def test_concept_and_batch_dependent_methods_are_refused_by_name_and_left_out_of_all():
+    """DFF returns K concept maps per image, factorised over the whole batch: no per-image
+    metric can score that, so naming it is an error and "all" leaves it out."""
+    from camlib.evaluation import _resolve_methods
+
+    with pytest.raises(camlib.MethodError, match="dff cannot be evaluated: it returns K concept"):
+        _resolve_methods(["gradcam", "dff"])
+    every = [name for name, _ in _resolve_methods("all")]
+    assert "dff" not in every and "gradcam" in every
+    assert set(every) == set(camlib.available_methods()) - {"dff"}

@@ -107,7 +107,7 @@ class DeepFeatureFactorization(ActivationCAM):
         "its maps come from an iterative non-negative factorisation of activations recorded "
         "with no graph"
     )
-    output: ClassVar[str] = "concepts"
+    returns: ClassVar[str] = "concepts"
     """Calls return (N, K, *size) concept maps, not (N, *size) heatmaps."""
     batch_independent: ClassVar[bool] = False
     """The concepts are factorised jointly over a call's whole batch, so an image's maps
