@@ -219,7 +219,7 @@ def mnist_snippets(m: dict, source: Path) -> dict[str, str]:
         f"The numbers and figures on this page come from one run"
         f"{f' (`{command}`)' if command else ''}: "
         f"{m['n_train']:,} training images (of {m['n_train_available']:,} in the data files), "
-        f"{m['n_test']:,} test images, seed {m['seed']}, {v['torch_threads']} CPU threads, "
+        f"{m['n_test']:,} test images, seed {m['seed']}, {v['torch_threads']} CPU thread(s), "
         f"torch {v['torch']}, torchvision {v['torchvision']}, camlib {v['camlib']}; total wall "
         f"time {m['total_seconds']:.0f} s on a machine shared with other jobs "
         f"({m['total_cpu_seconds']:.0f} s of CPU time, all threads).\n"
