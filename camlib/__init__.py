@@ -54,7 +54,7 @@ from .methods import (
 from .smooth import Smooth
 from .targets import DetectionTarget, SegmentationTarget
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "CAM",
