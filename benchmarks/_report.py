@@ -206,6 +206,87 @@ GOALS = [
     ),
 ]
 
+# Each method's floor: the least work it can do (the first of these measured in its run).
+_GRADIENT = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradcam_elementwise",
+             "eigengradcam", "segeigencam", "finercam", "refinecam")  # fmt: skip
+FLOORS: dict[str, tuple[str, ...]] = {
+    **{m: ("lower_bound",) for m in _GRADIENT},
+    **{m: ("nograd_forward",) for m in ("cam", "eigencam", "kpcacam", "fem", "randomcam", "dff")},
+    "scorecam": ("scorecam_floor",),
+    "ablationcam": ("ablationcam_floor",),
+    "sscam": ("sampled_score_floor",),
+    "iscam": ("sampled_score_floor",),
+    "smoothgradcampp": ("smoothgrad_floor",),
+    "shapleycam": ("shapley_floor",),
+    "fullgrad": ("input_gradient_floor",),
+    "guided_backprop": ("input_gradient_floor",),
+    "guided_gradcam": ("input_gradient_floor",),
+    "sess": ("sess_floor",),
+    "legrad": ("legrad_floor",),
+}
+
+ROUND2 = {
+    # method: (label, limit over its floor or None for information only, why)
+    "gradcam_elementwise": ("Grad-CAM element-wise", 1.05, None),
+    "eigengradcam": ("EigenGrad-CAM", None, "an eigen-decomposition per image"),
+    "segeigencam": ("Seg-Eigen-CAM", None, "an eigen-decomposition per image"),
+    "finercam": ("Finer-CAM", 1.05, None),
+    "refinecam": ("RefineCAM", None, "the backward to the earlier layer"),
+    "kpcacam": ("KPCA-CAM", None, "a P x P kernel eigen-decomposition per image"),
+    "fem": ("FEM", 1.10, None),
+    "randomcam": ("Random-CAM", 1.10, None),
+    "dff": ("DFF", None, "300 NMF updates"),
+    "shapleycam": ("Shapley-CAM", 1.10, None),
+    "fullgrad": ("FullGrad", None, "the gradients and rescales of every biased layer"),
+    "sscam": ("SS-CAM", 1.10, None),
+    "iscam": ("IS-CAM", 1.10, None),
+    "smoothgradcampp": ("Smooth Grad-CAM++", 1.10, None),
+    "sess": ("SESS", None, "pasting, fusing and blurring the patch maps"),
+    "legrad": ("LeGrad", None, "the backward to the attention probabilities"),
+}
+"""Issue 18's methods: the floor goal each is held to (None: reported for information)."""
+
+ROUND2_PEERS = {
+    "gradcam_elementwise": ("pgc",), "eigengradcam": ("pgc",), "segeigencam": ("pgc",),
+    "kpcacam": ("pgc",), "fem": ("pgc",), "shapleycam": ("pgc",), "fullgrad": ("pgc",),
+    "dff": ("pgc",), "randomcam": ("pgc",), "sscam": ("torchcam",), "iscam": ("torchcam",),
+    "smoothgradcampp": ("torchcam",), "finercam": ("pgc", "torchcam"), "sess": ("pgc",),
+    "refinecam": ("pgc", "torchcam"), "legrad": ("torchcam",),
+}  # fmt: skip
+PEER_PREFIX = {"pgc": "pytorch-grad-cam", "torchcam": "torchcam", "captum": "Captum"}
+
+
+def _key(method: str) -> str:
+    return "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in method.replace("++", "pp"))
+
+
+GOALS += [
+    (
+        f"floor-{m}",
+        ("" if limit else "(info) ")
+        + f"camlib {label} time <= {limit or 1.10:.2f}x its floor ({FLOORS[m][0].replace('_', ' ')})"
+        + (f"; the floor leaves out {why}" if why else ""),
+        f"camlib_{_key(m)}",
+        FLOORS[m][0],
+        "ratio_max",
+        limit or 1.10,
+        None,
+    )
+    for m, (label, limit, why) in ROUND2.items()
+] + [
+    (
+        f"{peer}-{m}",
+        f"camlib {ROUND2[m][0]} faster than {PEER_PREFIX[peer]}'s",
+        f"{peer}_{_key(m)}",
+        f"camlib_{_key(m)}",
+        "speedup_min",
+        1.0,
+        None,
+    )
+    for m, peers in ROUND2_PEERS.items()
+    for peer in peers
+]
+
 # plotting order and style
 STYLE = {
     "lower_bound": ("black", "-", "o"),
@@ -222,7 +303,8 @@ STYLE = {
 
 
 def _cfg_name(cfg: dict) -> str:
-    return f"{cfg['model']}@{cfg['resolution']} batch {cfg['batch']}"
+    run = f" (run {cfg['run'] + 1})" if cfg.get("run") is not None else ""
+    return f"{cfg['model']}@{cfg['resolution']} batch {cfg['batch']}{run}"
 
 
 def pair_ratio(cfg: dict, num: str, den: str) -> dict | None:
@@ -323,7 +405,11 @@ def evaluate_goals(
 
 
 def build_report(
-    meta: dict, results: list[dict], notes: list[str], study: dict | None = None
+    meta: dict,
+    results: list[dict],
+    notes: list[str],
+    study: dict | None = None,
+    runs: list[dict] | None = None,
 ) -> dict:
     disagreements, by_design = [], []
     for cfg in results:
@@ -335,6 +421,7 @@ def build_report(
                 by_design.append({"config": _cfg_name(cfg), "contender": key, **a})
     return {
         "meta": meta,
+        "runs": runs,
         "notes": notes,
         "agreement": {
             "ok": not disagreements,
@@ -427,11 +514,9 @@ def _agree_cell(a: dict | None) -> str:
     return f"{word} (r {a['min_r']:.6f}, diff {_num(a.get('max_diff'), 2)})"
 
 
-def markdown(report: dict) -> str:
-    meta, results = report["meta"], report["results"]
+def _run_header(meta: dict) -> list[str]:
     m, v, s = meta["machine"], meta["versions"], meta["settings"]
-    lines = ["# camlib throughput benchmark", ""]
-    lines.append(f"- date: {meta['date']} (wall time {meta['wall_seconds']:.0f} s)")
+    lines = [f"- date: {meta['date']} (wall time {meta['wall_seconds']:.0f} s)"]
     dev = meta["device"] + (f" ({m['gpu']}, CUDA {m.get('cuda')})" if "gpu" in m else "")
     lines.append(
         f"- device: {dev}; CPU: {m['cpu']}, {m['logical_cores']} logical cores "
@@ -456,6 +541,75 @@ def markdown(report: dict) -> str:
     if meta.get("camlib_git"):
         lines.append(f"- camlib checkout: {meta['camlib_git']}")
     lines.append(f"- command: `{meta['command']}`")
+    return lines
+
+
+def _floor_of(method: str, rows: dict) -> str | None:
+    return next((k for k in FLOORS.get(method, ()) if k in rows), None)
+
+
+def method_table(results: list[dict]) -> list[str]:
+    """Per configuration: every camlib method's time, its ratio to its floor and to each peer
+    (median over rounds of the per-round ratio), and the peers' agreement."""
+    lines = [
+        "## Every method against its floor and its peers",
+        "",
+        "Per configuration and run: camlib's time per call (median over rounds), the median "
+        "(min..max) over rounds of its per-round time over its floor's (the least work the "
+        "method can do: see the README), and each peer's time over camlib's (> 1: camlib is "
+        "faster) with the agreement of the peer's maps with camlib's (min Pearson r of the "
+        "normalised maps, largest difference).",
+        "",
+    ]
+    for cfg in results:
+        rows = cfg["contenders"]
+        mine = [r for r in rows.values() if r["group"] == "camlib"]
+        if not mine:
+            continue
+        loads = [ld[0] for ld in cfg.get("load_average_per_round") or [] if ld]
+        load = f" (1-minute load average per round: {', '.join(f'{x:.1f}' for x in loads)})"
+        lines += [
+            f"### {_cfg_name(cfg)}{load if loads else ''}",
+            "",
+            "| method | ms per call | floor | time / floor | peer: peer time / camlib time, maps |",
+            "| --- | ---: | --- | ---: | --- |",
+        ]
+        for row in mine:
+            key = next(k for k, r in rows.items() if r is row)
+            ms = statistics.median(row["seconds_per_call"]) * 1e3
+            floor = _floor_of(row["method"], rows)
+            ratio = pair_ratio(cfg, key, floor) if floor else None
+            peers = []
+            for pk, pr in rows.items():
+                if pr["group"] != "peer" or pr["method"] != row["method"]:
+                    continue
+                speed = pair_ratio(cfg, pk, key)
+                a = pr["agreement"]
+                agree = "not compared" if a is None else _agree_cell(a)
+                peers.append(f"{pr['label']}: {_spread(speed, 'x')}, {agree}")
+            lines.append(
+                f"| {row['label'].removeprefix('camlib ')} | {_num(ms)} | "
+                f"{rows[floor]['label'] if floor else '-'} | {_spread(ratio, 'x')} | "
+                f"{'; '.join(peers) or '-'} |"
+            )
+        lines.append("")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    meta, results = report["meta"], report["results"]
+    lines = ["# camlib throughput benchmark", ""]
+    runs = report.get("runs") or [meta]
+    if len(runs) == 1:
+        lines += _run_header(meta)
+    else:
+        lines.append(
+            f"{len(runs)} runs merged (`--merge`): every ratio is taken within one run, "
+            "whose number follows each configuration."
+        )
+        for i, run in enumerate(runs):
+            lines += ["", f"Run {i + 1}:", ""] + _run_header(run)
+        lines.append("")
     for note in report["notes"]:
         lines.append(f"- note: {note}")
     lines += ["", "## Goals", "", "| goal | measured | result |", "| --- | --- | --- |"]
@@ -516,6 +670,7 @@ def markdown(report: dict) -> str:
                 f"| {_label(results, r['contender'])} | {r['layer']} ({r['channels']}) | "
                 f"{r['batch_size']} | {_num(r['peak_extra_mib'])} |"
             )
+    lines += ["", *method_table(results)]
     lines += [
         "",
         "## Results",
@@ -524,11 +679,12 @@ def markdown(report: dict) -> str:
         "the memory in use before the call (CPU: resident set; CUDA: allocated).",
         "",
     ]
-    groups: dict[tuple[str, int], list[dict]] = {}
+    groups: dict[tuple[str, int, int | None], list[dict]] = {}
     for cfg in results:
-        groups.setdefault((cfg["model"], cfg["resolution"]), []).append(cfg)
-    for (model, res), cfgs in groups.items():
-        lines.append(f"### {model} at {res}x{res} (layer `{cfgs[0]['layer']}`)")
+        groups.setdefault((cfg["model"], cfg["resolution"], cfg.get("run")), []).append(cfg)
+    for (model, res, run), cfgs in groups.items():
+        tag = "" if run is None else f", run {run + 1}"
+        lines.append(f"### {model} at {res}x{res} (layer `{cfgs[0]['layer']}`{tag})")
         lines.append("")
         lines.append(
             "| batch | contender | images/s | time / lower bound | time / no-grad fwd "
@@ -615,7 +771,11 @@ def _series(cfgs: list[dict], key: str, get) -> tuple[list, list, list, list]:
 def _by_model(results: list[dict]) -> dict[str, list[dict]]:
     """Configurations per model at its base resolution (28 for MNIST, else 224 if run)."""
     out: dict[str, list[dict]] = {}
-    for cfg in results:
+    seen = set()
+    for cfg in results:  # merged runs: the first run's configuration of each
+        if (cfg["model"], cfg["resolution"], cfg["batch"]) in seen:
+            continue
+        seen.add((cfg["model"], cfg["resolution"], cfg["batch"]))
         out.setdefault(cfg["model"], []).append(cfg)
     for model, cfgs in out.items():
         resolutions = sorted({c["resolution"] for c in cfgs})
@@ -710,10 +870,14 @@ def _resolution_plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # several resolutions of one model in one run (merged runs are not compared)
     models = [
         m
         for m in dict.fromkeys(c["model"] for c in results)
-        if len({c["resolution"] for c in results if c["model"] == m}) > 1
+        if any(
+            len({c["resolution"] for c in results if (c["model"], c.get("run")) == (m, run)}) > 1
+            for run in {c.get("run") for c in results}
+        )
     ]
     if not models:
         return None
@@ -769,7 +933,7 @@ def _methods_plot(results, path):
 
     panels: dict[tuple, dict] = {}
     for cfg in results:
-        key = (cfg["model"], cfg["resolution"])
+        key = (cfg["model"], cfg["resolution"], cfg.get("run"))
         if key not in panels or cfg["batch"] < panels[key]["batch"]:
             panels[key] = cfg
     cfgs = [c for c in panels.values() if any(r.get("method") for r in c["contenders"].values())]
@@ -811,7 +975,11 @@ def _methods_plot(results, path):
             if key in rows:
                 t = statistics.median(rows[key]["seconds_per_call"]) * 1e3
                 ax.axvline(t, color="0.3", linestyle=style, linewidth=1, label=rows[key]["label"])
-        for key, colour in (("scorecam_floor", "tab:purple"), ("ablationcam_floor", "tab:brown")):
+        floors = (("scorecam_floor", "tab:purple"), ("ablationcam_floor", "tab:brown"),
+                  ("sampled_score_floor", "tab:olive"), ("smoothgrad_floor", "tab:cyan"),
+                  ("shapley_floor", "tab:pink"), ("input_gradient_floor", "tab:gray"),
+                  ("sess_floor", "gold"), ("legrad_floor", "tab:red"))  # fmt: skip
+        for key, colour in floors:
             if key in rows:
                 t = statistics.median(rows[key]["seconds_per_call"]) * 1e3
                 ax.axvline(t, color=colour, linestyle="-.", linewidth=1, label=rows[key]["label"])
@@ -820,8 +988,9 @@ def _methods_plot(results, path):
         ax.invert_yaxis()
         ax.set_xscale("log")
         ax.set_xlabel("ms per call (median over rounds)")
+        run = "" if cfg.get("run") is None else f" (run {cfg['run'] + 1})"
         ax.set_title(
-            f"{cfg['model']} at {cfg['resolution']}x{cfg['resolution']}, batch {cfg['batch']}"
+            f"{cfg['model']} at {cfg['resolution']}x{cfg['resolution']}, batch {cfg['batch']}{run}"
         )
         ax.grid(True, axis="x", which="both", alpha=0.3)
     handles, labels = [], []

@@ -5,7 +5,8 @@
 # memory study; batch sizes 1, 16, 64; float32, no autocast (AMP off).
 #
 #   bash benchmarks/gpu.sh            # from the repository root, on a machine with one GPU
-#   bash benchmarks/gpu.sh throughput # only the throughput benchmark
+#   bash benchmarks/gpu.sh throughput # only the throughput benchmark (issue 9's methods)
+#   bash benchmarks/gpu.sh round2     # only issue 18's methods, merged into the same results
 #   bash benchmarks/gpu.sh metrics    # only camlib's metrics against Quantus (below)
 #
 # Sized to finish in about 6 minutes on one H100 (estimated, not yet run: no GPU was lent
@@ -29,11 +30,28 @@ EOF
 WHAT=${1:-all}
 if [ "$WHAT" = all ] || [ "$WHAT" = throughput ]; then
 timeout --signal=INT 470 "$PY" benchmarks/throughput.py --device cuda \
+    --methods cam,gradcam,gradcam++,xgradcam,layercam,hirescam,scorecam,ablationcam,eigencam,guided_backprop,guided_gradcam \
     --models mnist,resnet18,resnet50,vit_b_16 --batch-sizes 1,16,64 \
     --perturbation-at mnist@28,resnet18@224=16 --perturbation-batch 256 \
     --scorecam-memory resnet18@224 \
     --compare pytorch-grad-cam,captum,torchcam \
     --rounds 3 --block-seconds 0.2 --no-progress --out "$OUT"
+fi
+# Issue 18's methods (round 2) beside their peers and floors, merged (--merge) into the
+# results above as a second run: the MNIST net, ResNet-18 at 224x224 and vit_b_16 (LeGrad
+# against torchcam), batch sizes 1 and 16; SS-CAM, IS-CAM and SESS (one forward pass per
+# image, channel and sample, or per patch) on the MNIST net and ResNet-18 at batch 1 only;
+# 4 samples for SS-CAM / IS-CAM / Smooth Grad-CAM++ and 4 SESS scales, for camlib, the
+# peers and the floors alike. Estimated 3-4 minutes on one H100 (not yet run); a hard stop
+# at 240 s keeps what was measured.
+if [ "$WHAT" = all ] || [ "$WHAT" = round2 ]; then
+timeout --signal=INT 240 "$PY" benchmarks/throughput.py --device cuda \
+    --methods gradcam_elementwise,eigengradcam,segeigencam,kpcacam,fem,shapleycam,fullgrad,dff,randomcam,sscam,iscam,smoothgradcampp,finercam,sess,refinecam,legrad \
+    --models mnist,resnet18,vit_b_16 --batch-sizes 1,16 \
+    --perturbation-at mnist@28,resnet18@224=1 --perturbation-batch 256 \
+    --samples 4 --sess-scales 4 --scorecam-memory none \
+    --compare pytorch-grad-cam,captum,torchcam \
+    --rounds 3 --block-seconds 0.2 --no-progress --merge --out "$OUT"
 fi
 # camlib's metrics against Quantus 0.6.0 on the GPU (benchmarks/metrics_vs_quantus.py):
 # every shared metric on the MNIST net (batch 64) and ResNet-18 at 224x224 (batch 32), the

@@ -126,6 +126,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "floors (default: 32 on CPU, 256 on CUDA)",
     )
     p.add_argument(
+        "--samples",
+        type=int,
+        default=4,
+        help="samples of the sample-based methods (SS-CAM, IS-CAM, Smooth Grad-CAM++) for "
+        "camlib, torchcam and the floors, capped at torchcam's defaults (35, 10, 4); at most "
+        "10, since SS-CAM and IS-CAM share a floor (default: 4)",
+    )
+    p.add_argument(
+        "--sess-scales",
+        type=int,
+        default=4,
+        help="SESS's number of scales for camlib and pytorch-grad-cam (both default to 12; "
+        "default here: 4)",
+    )
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="add this run's configurations to OUT/results.json as a new run (earlier runs kept; "
+        "ratios are only ever taken within one run)",
+    )
+    p.add_argument(
         "--scorecam-memory",
         default=None,
         help="MODEL@RES for the Score-CAM memory study (batch_size = --perturbation-batch / 4 "
@@ -209,6 +230,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--max-batch wants MODEL[@RES]=N, got {item!r}")
         max_batch[key.strip()] = int(value)
     args.max_batch = max_batch
+    if not 1 <= args.samples <= 10:
+        p.error("--samples must be between 1 and 10 (SS-CAM and IS-CAM share one floor)")
+    if args.sess_scales < 1:
+        p.error("--sess-scales must be at least 1")
     if args.rounds is None:
         args.rounds = 1 if args.quick else 5
     if args.rounds < 1:
@@ -513,6 +538,11 @@ def check_agreement(maps: dict, contenders: list, x: torch.Tensor) -> dict:
     return result
 
 
+def _load() -> list[float] | None:
+    """``os.getloadavg()`` (1, 5, 15 min), where the platform has it."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
 def _summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -525,7 +555,9 @@ def measure_config(args, model, spec, res, batch, contenders, memory, bar) -> di
     layer = dict(model.named_modules())[spec.layer]
     with torch.no_grad():
         classes = model(x).argmax(dim=1)
-    ctx = C.Context(model, spec, layer, x, classes, args.perturbation_batch)
+    ctx = C.Context(
+        model, spec, layer, x, classes, args.perturbation_batch, args.samples, args.sess_scales
+    )
     runners = {c.key: c.make(ctx) for c in contenders}
 
     # 1. agreement (doubles as the warm-up call); a contender that raises is dropped
@@ -563,7 +595,9 @@ def measure_config(args, model, spec, res, batch, contenders, memory, bar) -> di
 
     # 3. interleaved rounds, order rotated by one each round
     times: dict[str, list[float]] = {c.key: [] for c in contenders}
+    loads = []
     for r in range(args.rounds):
+        loads.append(_load())
         k = r % len(contenders)
         for c in contenders[k:] + contenders[:k]:
             times[c.key].append(timed_block(runners[c.key], x, reps[c.key], device))
@@ -610,6 +644,7 @@ def measure_config(args, model, spec, res, batch, contenders, memory, bar) -> di
         "layer": spec.layer,
         "classes": classes.tolist(),
         "wall_seconds": round(time.perf_counter() - started, 1),
+        "load_average_per_round": loads,
         "contenders": rows,
     }
 
@@ -710,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         old = json.loads((out_dir / "results.json").read_text())
         report = R.build_report(
-            old["meta"], old["results"], old["notes"], old.get("scorecam_memory")
+            old["meta"], old["results"], old["notes"], old.get("scorecam_memory"), old.get("runs")
         )
         write_report(report, out_dir)
         print(R.console_summary(report))
@@ -746,11 +781,20 @@ def main(argv: list[str] | None = None) -> int:
 
     def wanted(c: C.Contender, model: str, res: int, batch: int) -> bool:
         spec = C.MODELS[model]
+        if c.for_methods:  # a floor: where one of its methods is measured by camlib
+            return any(
+                wanted(k, model, res, batch)
+                for k in C.camlib_contenders([m for m in c.for_methods if m in args.methods])
+            )
         if c.method is None:
             return True
         if c.method not in args.methods:
             return False
         if spec.methods is not None and c.method not in spec.methods:
+            return False
+        if getattr(camlib.get_method(c.method), "needs_attention", False) and not spec.attention:
+            return False  # LeGrad: torchvision vision transformers only
+        if c.method == "refinecam" and not spec.refine_layers:
             return False
         if c.method in C.PERTURBATION and not everywhere:
             where = f"{model}@{res}"
@@ -759,7 +803,9 @@ def main(argv: list[str] | None = None) -> int:
         if c.peer is not None and not peers.get(c.peer, False):
             return False
         if spec.reshape is not None and c.peer not in (None, "pytorch-grad-cam"):
-            return False  # token outputs: only pytorch-grad-cam takes a reshape_transform
+            # token outputs: only pytorch-grad-cam takes a reshape_transform; torchcam's LeGrad
+            # reads the blocks itself
+            return c.method == "legrad" and c.peer == "torchcam"
         return not (c.method == "cam" and not spec.gap_linear)
 
     plan = configs(args)
@@ -779,9 +825,27 @@ def main(argv: list[str] | None = None) -> int:
     slow = [m for m in args.methods if m in C.PERTURBATION]
     if slow and not everywhere:
         notes.append(
-            f"{', '.join(slow)} (one forward pass per image and channel) measured only at "
-            f"{', '.join(args.perturbation_at)}, batch_size {args.perturbation_batch} for "
-            f"camlib, the peers and the floors"
+            f"{', '.join(slow)} (one forward pass per image and channel, or per patch) measured "
+            f"only at {', '.join(args.perturbation_at)}, batch_size {args.perturbation_batch} "
+            f"for camlib, the peers and the floors"
+        )
+    sampled = [m for m in args.methods if m in C.SAMPLED]
+    if sampled:
+        caps = ", ".join(f"{m} {min(args.samples, C.SAMPLED[m])}" for m in sampled)
+        notes.append(
+            f"samples capped for camlib, torchcam and the floors alike (--samples "
+            f"{args.samples}, at most torchcam's defaults SS-CAM 35, IS-CAM 10, Smooth "
+            f"Grad-CAM++ 4; camlib's are 35, 10, 8): {caps}"
+        )
+    if "sess" in args.methods:
+        notes.append(
+            f"SESS with {args.sess_scales} scales for camlib and pytorch-grad-cam (both "
+            f"default to {C.SESS_DEFAULT_SCALES}), batch_size {args.perturbation_batch}"
+        )
+    if "refinecam" in args.methods:
+        notes.append(
+            "RefineCAM on two layers (MNIST net features.2 + features.4, ResNets layer3 + layer4) "
+            "with a Grad-CAM base for camlib, pytorch-grad-cam and torchcam (default: Grad-CAM++)"
         )
     for peer, names in C.PEER_METHODS.items():
         if peers.get(peer):
@@ -824,6 +888,8 @@ def main(argv: list[str] | None = None) -> int:
             "methods": args.methods,
             "perturbation_at": args.perturbation_at,
             "perturbation_batch": args.perturbation_batch,
+            "samples": args.samples,
+            "sess_scales": args.sess_scales,
             "compare": args.compare,
             "rounds": args.rounds,
             "block_seconds": args.block_seconds,
@@ -879,7 +945,21 @@ def main(argv: list[str] | None = None) -> int:
     meta["wall_seconds"] = round(time.perf_counter() - started, 1)
     if hasattr(os, "getloadavg"):
         meta["machine"]["load_average_at_end"] = list(os.getloadavg())
-    report = R.build_report(meta, results, notes, study)
+    runs = None
+    if args.merge and (out_dir / "results.json").is_file():
+        old = json.loads((out_dir / "results.json").read_text())
+        runs = old.get("runs") or [old["meta"]]
+        if not old.get("runs"):  # a single-run file: its results become run 1
+            old["notes"] = [f"run 1: {n}" for n in old["notes"]]
+            for cfg in old["results"]:
+                cfg["run"] = 0
+        for cfg in results:
+            cfg["run"] = len(runs)
+        notes = old["notes"] + [f"run {len(runs) + 1}: {n}" for n in notes]
+        results = old["results"] + results
+        study = study if study is not None else old.get("scorecam_memory")
+        runs = [*runs, meta]
+    report = R.build_report(meta, results, notes, study, runs)
     write_report(report, out_dir)
     print(R.console_summary(report))
     print(

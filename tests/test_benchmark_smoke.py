@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/throughput.py: a --quick run on the MNIST net, batch size 2.
+"""Smoke test of benchmarks/throughput.py: a --quick run on the MNIST net, batch size 1.
 
 Checks that the script runs end to end with every registered camlib method, the peers'
 versions of them and the references (lower bound, no-grad forward, the perturbation
@@ -30,6 +30,10 @@ PEERS = {
     "pytorch-grad-cam": ("pytorch_grad_cam", {
         "pgc_gradcam", "pgc_gradcampp", "pgc_xgradcam", "pgc_layercam", "pgc_hirescam",
         "pgc_scorecam", "pgc_ablationcam", "pgc_eigencam",
+        # issue 18
+        "pgc_gradcam_elementwise", "pgc_eigengradcam", "pgc_segeigencam", "pgc_kpcacam",
+        "pgc_fem", "pgc_shapleycam", "pgc_fullgrad", "pgc_dff", "pgc_randomcam", "pgc_finercam",
+        "pgc_sess", "pgc_refinecam",
     }),
     "captum": ("captum", {
         "captum_gradcam", "captum_gradcam_top", "captum_guided_gradcam", "captum_guided_backprop",
@@ -37,13 +41,24 @@ PEERS = {
     "torchcam": ("torchcam", {
         "torchcam_cam", "torchcam_gradcam", "torchcam_gradcampp", "torchcam_xgradcam",
         "torchcam_layercam", "torchcam_scorecam",
+        # issue 18 (torchcam_legrad: ViTs only, see test_legrad_against_torchcam_merged)
+        "torchcam_sscam", "torchcam_iscam", "torchcam_smoothgradcampp", "torchcam_finercam",
+        "torchcam_refinecam",
     }),
 }  # fmt: skip
-BOUNDS = {"lower_bound", "nograd_forward", "scorecam_floor", "ablationcam_floor"}
-# Peers whose formula differs from camlib's on purpose (eps, centring, sign, softmax axis):
-# their maps are reported as "differs by design" when they differ, never as a failure.
+BOUNDS = {"lower_bound", "nograd_forward", "scorecam_floor", "ablationcam_floor",
+          "sampled_score_floor", "smoothgrad_floor", "shapley_floor", "input_gradient_floor",
+          "sess_floor"}  # fmt: skip
+# Peers whose formula differs from camlib's on purpose (eps, centring, sign, softmax axis,
+# random weights): their maps are reported as "differs by design" when they differ, never as
+# a failure.
 BY_DESIGN = {"pgc_gradcampp", "torchcam_gradcampp", "pgc_xgradcam", "torchcam_xgradcam",
-             "pgc_scorecam", "torchcam_scorecam", "pgc_eigencam"}  # fmt: skip
+             "pgc_scorecam", "torchcam_scorecam", "pgc_eigencam", "pgc_eigengradcam", "pgc_fem",
+             "pgc_fullgrad", "pgc_randomcam", "torchcam_sscam", "torchcam_iscam",
+             "torchcam_smoothgradcampp", "torchcam_finercam", "torchcam_refinecam"}  # fmt: skip
+# Peers whose maps must equal camlib's to rounding (the formulas are the same)
+SAME = {"pgc_layercam", "pgc_hirescam", "pgc_gradcam_elementwise", "pgc_segeigencam",
+        "pgc_shapleycam", "pgc_finercam", "pgc_refinecam"}  # fmt: skip
 
 
 def camlib_key(method: str) -> str:
@@ -61,6 +76,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--models", "mnist",
         "--batch-sizes", "1", "--rounds", "1", "--threads", str(min(2, torch.get_num_threads())),
         "--methods", "all", "--block-seconds", "0.02", "--perturbation-batch", "128",
+        "--samples", "1", "--sess-scales", "2",
         "--scorecam-memory", "mnist@28", "--compare", ",".join(PEERS), "--no-progress",
         "--out", str(out),
     ]  # fmt: skip
@@ -89,7 +105,12 @@ def test_every_contender_measured_and_agrees(quick_run: Path) -> None:
     (cfg,) = report["results"]
     assert (cfg["model"], cfg["batch"]) == ("mnist", 1)
     rows = cfg["contenders"]
-    expected = BOUNDS | {camlib_key(m) for m in camlib.available_methods()}
+    # every method but LeGrad (vision transformers only: measured in its own test below)
+    expected = BOUNDS | {
+        camlib_key(m)
+        for m in camlib.available_methods()
+        if not getattr(camlib.get_method(m), "needs_attention", False)
+    }
     for peer, (module, keys) in PEERS.items():
         if _installed(module):
             expected |= keys
@@ -113,13 +134,22 @@ def test_every_contender_measured_and_agrees(quick_run: Path) -> None:
                 assert key in BY_DESIGN, key
             else:  # the formulas agree: so must the maps, to rounding
                 assert a["status"] == "agree" and a["min_r"] > 0.9999, key
-    # camlib Grad-CAM equals the lower bound's maps, CAM equals Grad-CAM (GAP + linear head)
-    for key in ("camlib_gradcam", "camlib_cam", "pgc_layercam", "pgc_hirescam"):
+    # camlib Grad-CAM equals the lower bound's maps, CAM equals Grad-CAM (GAP + linear head),
+    # and the peers that compute camlib's formula give its maps
+    for key in ("camlib_gradcam", "camlib_cam", *SAME):
         if key in rows:
             assert rows[key]["agreement"]["max_diff"] < 1e-4, key
-    # the two perturbation floors were timed and are slower than one no-grad forward
-    for key in ("scorecam_floor", "ablationcam_floor"):
+    # DFF's concept maps (another NMF solver) are timed, not compared
+    assert rows["camlib_dff"]["kind"] == "concepts" and rows["camlib_dff"]["agreement"] is None
+    # the perturbation floors were timed and are slower than one no-grad forward (the MNIST
+    # net: 128 or more forward passes each)
+    for key in ("scorecam_floor", "ablationcam_floor", "sampled_score_floor", "sess_floor"):
         assert rows[key]["seconds_per_call"][0] > rows["nograd_forward"]["seconds_per_call"][0]
+    # results.md: every method against its floor and peers
+    md = (quick_run / "results.md").read_text()
+    table = md.split("## Every method against its floor and its peers")[1].split("## Results")[0]
+    assert "| ShapleyCAM |" in table and "Shapley-CAM floor" in table, table
+    assert "pytorch-grad-cam ShapleyCAM:" in table and "torchcam SSCAM:" in table, table
 
 
 def test_scorecam_memory_study(quick_run: Path) -> None:
@@ -134,6 +164,43 @@ def test_scorecam_memory_study(quick_run: Path) -> None:
     assert all(r["peak_extra_mib"] is not None for r in mine)
     goal = next(g for g in report["goals"] if g["id"] == "scorecam-mem")
     assert len(goal["per_config"]) == 2 and goal["result"] in ("PASS", "FAIL")
+
+
+def test_legrad_against_torchcam_merged(quick_run: Path, tmp_path: Path) -> None:
+    """LeGrad (every block of a 2-block ViT at 64 px) against torchcam's, --quick, merged
+    (--merge) into a copy of the MNIST run: both runs kept, ratios within each run."""
+    if not _installed("torchcam"):
+        pytest.skip("torchcam not installed")
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "results.json").write_text((quick_run / "results.json").read_text())
+    cmd = [
+        sys.executable, str(SCRIPT), "--quick", "--models", "vit_mini", "--batch-sizes", "2",
+        "--methods", "legrad", "--compare", "torchcam", "--no-memory", "--no-progress",
+        "--block-seconds", "0.01", "--threads", "1", "--merge", "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout}\n{proc.stderr}"
+    report = json.loads((out / "results.json").read_text())
+    assert len(report["runs"]) == 2
+    first, vit = report["results"][0], report["results"][-1]
+    assert (first["model"], first["run"]) == ("mnist", 0)
+    assert (vit["model"], vit["batch"], vit["run"]) == ("vit_mini", 2, 1)
+    rows = vit["contenders"]
+    assert set(rows) == {"lower_bound", "nograd_forward", "legrad_floor", "camlib_legrad",
+                         "torchcam_legrad"}  # fmt: skip
+    a = rows["torchcam_legrad"]["agreement"]
+    assert a["status"] == "agree" and a["max_diff"] < 1e-4, a
+    goal = next(g for g in report["goals"] if g["id"] == "torchcam-legrad")
+    assert [p["config"] for p in goal["per_config"]] == ["vit_mini@64 batch 2 (run 2)"]
+    md = (out / "results.md").read_text()
+    assert "2 runs merged" in md and "### vit_mini@64 batch 2 (run 2)" in md
+    # --report-only rebuilds the same report from the merged results.json (in this process)
+    spec = importlib.util.spec_from_file_location("bench_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--report-only", "--out", str(out)]) == 0
+    assert (out / "results.md").read_text() == md
 
 
 def test_missing_peer_is_skipped_not_fatal(tmp_path: Path) -> None:
