@@ -84,7 +84,7 @@ class DeepFeatureFactorization(ActivationCAM):
     pytorch-grad-cam's ``DeepFeatureFactorization`` runs with scikit-learn).
 
     A call returns the (N, K, *size) concept maps, not one heatmap per image; the full
-    result is :attr:`concepts` (a :class:`Concepts`), also returned by :meth:`factorize`.
+    result is ``concepts`` (a :class:`Concepts`), also returned by :meth:`factorize`.
     ``upsample`` resizes every concept map (bilinear); ``normalize`` divides each concept's
     maps by their peak over the batch, so the maps stay comparable across images (a
     concept absent from an image stays near 0 there). The factorisation is joint over the
@@ -148,7 +148,7 @@ class DeepFeatureFactorization(ActivationCAM):
 
     def __call__(self, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Explain a batch, with a call's arguments (see :meth:`camlib.Explainer.__call__`):
-        returns the (N, K, *size) concept maps and sets :attr:`concepts`."""
+        returns the (N, K, *size) concept maps and sets ``concepts``."""
         with self._lock:
             self.concepts = None
             return super().__call__(inputs, *args, **kwargs)
@@ -226,7 +226,7 @@ class DeepFeatureFactorization(ActivationCAM):
         do_normalize: bool,
     ) -> torch.Tensor:
         """Concept maps (N, K, *grid) -> (N, K, *size) (upsampled each) -> each concept
-        divided by its peak over the batch; :attr:`concepts` is set from them."""
+        divided by its peak over the batch; ``concepts`` is set from them."""
         raw = work(raws[0])
         n, k = raw.shape[:2]
         maps = upsample(raw.flatten(0, 1), size).view(n, k, *size) if do_upsample else raw

@@ -40,7 +40,7 @@ def _attention_of(block: nn.Module, name: str) -> nn.MultiheadAttention:
 
 class AttentionProbe(TorchFunctionMode):
     """While active, the given attention modules' ``F.multi_head_attention_forward`` calls
-    are computed with explicit softmax probabilities, kept in :attr:`probs` (one
+    are computed with explicit softmax probabilities, kept in ``probs`` (one
     (N, heads, L, S) tensor per module, a node of the autograd graph). Outputs equal the
     ordinary ones to rounding; other calls pass through. Nothing is patched: leaving the
     ``with`` block (also by an exception) ends it."""
