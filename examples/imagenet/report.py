@@ -163,6 +163,8 @@ def _leaderboard(add, lb: dict, fig: dict) -> None:
         "perturbation": "one forward pass per channel of the layer, 1280 here, several for "
         "SS-CAM and IS-CAM, per map and per re-explanation",
         "transformers only": "it reads attention maps",
+        "concept maps (evaluate scores one map per image)": "it returns K concept maps per "
+        "image, and the metrics score one map",
         "not asked for": "not in `--leaderboard`",
     }
     parts = [

@@ -101,11 +101,17 @@ def slow(name: str) -> bool:
 def leaderboard_methods() -> list[str]:
     """Every registered method that explains a CNN in reasonable time on a CPU: not the
     perturbation methods (:func:`slow`), nor those that read attention maps (LeGrad)."""
-    return [
-        m
-        for m in method_names()
-        if not slow(m) and not getattr(camlib.get_method(m), "needs_attention", False)
-    ]
+    return [m for m in method_names() if not slow(m) and not _apart(m)]
+
+
+def _apart(name: str) -> str | None:
+    """Why ``name`` is not ranked on this CNN whatever its cost, or ``None``."""
+    cls = camlib.get_method(name)
+    if getattr(cls, "needs_attention", False):
+        return "transformers only"
+    if getattr(cls, "returns", None) == "concepts":
+        return "concept maps (evaluate scores one map per image)"
+    return None
 
 
 @dataclass
@@ -185,16 +191,15 @@ def rank_methods(
         "left_out": {
             "perturbation": [m for m in method_names() if m not in methods and slow(m)],
             "transformers only": [
+                m for m in method_names() if m not in methods and _apart(m) == "transformers only"
+            ],
+            "concept maps (evaluate scores one map per image)": [
                 m
                 for m in method_names()
-                if m not in methods and getattr(camlib.get_method(m), "needs_attention", False)
+                if m not in methods and (_apart(m) or "").startswith("concept")
             ],
             "not asked for": [
-                m
-                for m in method_names()
-                if m not in methods
-                and not slow(m)
-                and not getattr(camlib.get_method(m), "needs_attention", False)
+                m for m in method_names() if m not in methods and not slow(m) and not _apart(m)
             ],
         },
     }

@@ -49,9 +49,15 @@ def label(name: str) -> str:
 
 
 def for_cnn(names: Sequence[str]) -> list[str]:
-    """``names`` without the methods that read attention maps (LeGrad): they refuse a CNN
-    when they are built, and :func:`camlib.evaluate` stops on that error."""
-    return [n for n in names if not getattr(camlib.get_method(n), "needs_attention", False)]
+    """``names`` without the methods that read attention maps (LeGrad: they refuse a CNN)
+    and those that return several concept maps per image (DFF: :func:`camlib.evaluate`
+    scores one map per image and refuses them)."""
+    return [
+        n
+        for n in names
+        if not getattr(camlib.get_method(n), "needs_attention", False)
+        and getattr(camlib.get_method(n), "returns", None) != "concepts"
+    ]
 
 
 def ink(images: torch.Tensor, threshold: float = 0.5 / 255) -> torch.Tensor:
