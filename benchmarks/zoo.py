@@ -5,18 +5,29 @@ the model, and checked against references that share no code with camlib's layou
                              [--limit N] [--models a,b] [--methods fast|all|gradcam]
 
 Models are built with random weights (no downloads); zero-initialised weights (heads,
-residual-branch norms, layer scales) get small random values so gradients are not all 0.
+residual-branch norms, layer scales) get small random values so gradients are not all 0, and
+BatchNorm running statistics are calibrated on random inputs (:func:`prepare`).
+transformers models get He-initialised convolutions (:func:`conv_scale`) and LeViT
+distance-based attention biases (:func:`levit_locality`), so that random activations do not
+vanish (~1e-33 by the last stage otherwise) or mix uniformly over the image.
+
+    python benchmarks/zoo.py --out OUT --merge DIR1 DIR2   # join sweeps run apart
 Each model is explained with ``camlib.GradCAM(model)`` (``target_layer="auto"``, nothing
 else) and checked against two references at the layer camlib reports:
 
 (a) a **layout probe**: one quadrant of the input is replaced by noise at a time; the change
     of the layer's output (read with our own hook, laid out by our own code from the
-    arrangement camlib reports) must be largest in the matching quadrant of the grid;
+    arrangement camlib reports) is shared out over the grid's quadrants, and the matching
+    assignment of input to grid quadrants must beat every other one (a transposed or
+    mirrored layout is one of them) by ``PROBE_MARGIN``; when no assignment wins by it, the
+    layer mixes globally (attention, squeeze-excitation, ASPP pooling on a coarse grid) and
+    the probe is inconclusive;
 (b) **Grad-CAM by hand**: our own hook, ``torch.autograd.grad``, our own channel means and
     weighted sum, compared with camlib's raw map (``upsample=False, normalize=False``) to
     ``RTOL`` of the map's peak.
 
-Each model gets one outcome (worst first): ``wrong`` (a reference disagrees), ``crash``
+Each model gets one outcome (worst first): ``wrong`` (a reference disagrees), ``unverified``
+(Grad-CAM equals the hand reference but the layout probe is inconclusive), ``crash``
 (an error that is not a camlib error), ``refused`` (a camlib error, naming the layer to
 pass), ``no-gradient`` (the target gets no gradient at the chosen layer), ``early`` (the
 layer completes in the first half of the model's leaf-module calls), ``ok``. The other
@@ -36,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import re
@@ -98,15 +110,44 @@ class Row:
 
 
 # -- preparing models ----------------------------------------------------------------------------
-def prepare(model: nn.Module, seed: int = 0) -> nn.Module:
-    """eval(), float32, and every all-zero weight (heads, zero-init norms, layer scales)
-    refilled with small random values so gradients do not vanish."""
+def prepare(
+    model: nn.Module, seed: int = 0, input_shape: tuple[int, ...] | None = None
+) -> nn.Module:
+    """eval(), float32, every all-zero weight (heads, zero-init norms, layer scales) refilled
+    with small random values so gradients do not vanish, and (given ``input_shape``) the
+    BatchNorm running statistics calibrated on two random inputs.
+
+    Without the calibration a random-weight network whose convolutions are initialised small
+    (transformers' ``initializer_range=0.02``) and whose eval-mode BatchNorm divides by the
+    initial running variance 1 shrinks its activations ~50x per layer: by the last stage of
+    HF MobileViT or EfficientNet they are ~1e-30 and the layout probe sees no change at all.
+    A trained network's running statistics match its activations; the calibration gives a
+    random one the same property (cumulative averages of one train-mode forward, no grad)."""
     gen = torch.Generator().manual_seed(seed)
     model = model.float().eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.numel() and not name.endswith("bias") and not bool(p.any()):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02 + (1.0 if p.dim() == 1 else 0))
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if input_shape is not None and norms:
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        x = torch.randn(2, *input_shape, generator=gen)
+        try:
+            model.train()
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model(x)
+        except Exception:  # noqa: BLE001 - a model that cannot run in train mode keeps its init
+            for m in norms:
+                m.reset_running_stats()
+        finally:
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
+            model.eval()
     return model
 
 
@@ -184,12 +225,23 @@ def hand_gradcam(
     return cam, g
 
 
-def layout_probe(model: nn.Module, ref, x: torch.Tensor, layout: tuple) -> tuple[bool, str]:
+PROBE_MARGIN = 0.01
+"""The layout probe's margin: the matching assignment of input quadrants to grid quadrants
+must beat every other assignment by this much mean share (1 point of 25 %) to pass, and
+another one must beat it by this much to fail; in between the probe is inconclusive. Grids
+under 4 cells a side need 5x this margin."""
+
+
+def layout_probe(model: nn.Module, ref, x: torch.Tensor, layout: tuple) -> tuple[bool | None, str]:
     """Replace one quadrant of the input (H, W) at a time with noise and record how much each
     cell of the layer's laid-out grid changes (summed over channels, averaged over frames).
     Each cell's changes are divided by their sum over the four perturbations (so cells that
-    react to everything do not dominate); the quadrant of the grid with the largest mean
-    share must be the perturbed one, for every quadrant."""
+    react to everything do not dominate), giving S[q][c], the mean share of grid quadrant c
+    when input quadrant q is perturbed. Every assignment of input quadrants to grid quadrants
+    (a permutation p; a transposed or flipped layout is one of them) scores
+    sum_q S[q][p(q)] / 4. True: the matching assignment wins by ``PROBE_MARGIN``; False:
+    another wins by it (the layout is wrong); None: inconclusive (global mixing, e.g.
+    attention or squeeze-excitation on a coarse grid, spreads every change everywhere)."""
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad(), Hooked(ref.module, ref.call) as h:
         model(x)
@@ -214,20 +266,47 @@ def layout_probe(model: nn.Module, ref, x: torch.Tensor, layout: tuple) -> tuple
             model(x2)
             new = own_layout(h.out, *layout).float()
         changes.append((new - base).abs().sum(1).reshape(-1, *grid).mean(0))
-    total = torch.stack(changes).sum(0).clamp_min(1e-30)
+    total = torch.stack(changes).sum(0)
+    peak = float(total.max())
+    if not peak > 0 or not math.isfinite(peak):
+        return False, "the layer's output does not change with the input (vanished signal)"
+    total = total.clamp_min(peak * 1e-6)
     in_i = (torch.arange(grid[0]) + 0.5) / grid[0] >= 0.5
     in_j = (torch.arange(grid[1]) + 0.5) / grid[1] >= 0.5
-    right = 0
-    for (qi, qj), change in zip(quadrants, changes, strict=False):
+    shares = []
+    for change in changes:
         share = change / total
-        means = {}
+        row = []
         for a, b in quadrants:
             mi = in_i == bool(a) if split[0] else torch.ones(grid[0], dtype=torch.bool)
             mj = in_j == bool(b) if split[1] else torch.ones(grid[1], dtype=torch.bool)
-            means[(a, b)] = float(share[mi][:, mj].mean())
-        right += max(means, key=means.get) == (qi, qj)
-    ok = right == len(quadrants)
-    return ok, "" if ok else f"quadrant changes land elsewhere ({right}/{len(quadrants)} right)"
+            row.append(float(share[mi][:, mj].mean()))
+        shares.append(row)
+    n = len(quadrants)
+    scores = {
+        perm: sum(shares[q][perm[q]] for q in range(n)) / n
+        for perm in itertools.permutations(range(n))
+    }
+    identity = tuple(range(n))
+    best_other = max((p for p in scores if p != identity), key=scores.get)
+    margin = scores[identity] - scores[best_other]
+    diagonal = ", ".join(f"{shares[q][q]:.2f}" for q in range(n))
+    note = (
+        f"matching share {scores[identity]:.3f} vs {scores[best_other]:.3f} for quadrants "
+        f"{best_other} ({'x'.join(map(str, grid))} grid; diagonal {diagonal})"
+    )
+    # a 2x2 or 3x3 grid (one cell per quadrant) of a network whose receptive field covers
+    # the image is a weak test: there, only a 5x larger margin decides either way
+    need = (
+        PROBE_MARGIN
+        if min(g for g, cut in zip(grid, split, strict=True) if cut) >= 4
+        else 5 * PROBE_MARGIN
+    )
+    if margin >= need:
+        return True, note
+    if margin <= -need:
+        return False, "quadrant changes land elsewhere: " + note
+    return None, "inconclusive: " + note
 
 
 def leaf_position(model: nn.Module, ref, x: torch.Tensor) -> float:
@@ -273,7 +352,7 @@ def check_model(
     start = time.perf_counter()
     try:
         torch.manual_seed(0)
-        model = prepare(case.build())
+        model = prepare(case.build(), input_shape=case.input_shape)
         row.params = sum(p.numel() for p in model.parameters())
         x = torch.randn(1, *case.input_shape, generator=torch.Generator().manual_seed(0))
         row.input_size = "x".join(map(str, case.input_shape))
@@ -329,11 +408,13 @@ def _gradcam_checks(case: Case, model: nn.Module, x: torch.Tensor, row: Row, tim
                 f"Grad-CAM differs from the hand reference by {err:.3g} (peak {peak:.3g})"
             )
     probe_ok, probe_note = layout_probe(model, ref, x, layout)
-    if not probe_ok:
+    if probe_ok is False:
         problems.append(f"layout probe: {probe_note}")
     position = leaf_position(model, ref, x)
     if problems:
         row.outcome, row.reason = "wrong", "; ".join(problems)
+    elif probe_ok is None:
+        row.outcome, row.reason = "unverified", f"layout probe {probe_note}"
     elif not bool(grad.any()):
         row.outcome, row.reason = "no-gradient", f"the target's gradient at {row.layer!r} is 0"
     elif position < 0.5:
@@ -400,28 +481,57 @@ def prefix_of(name: str) -> str:
     return match.group() if match else name
 
 
-def timm_params(path: Path) -> dict:
-    """Parameter counts of every timm model from meta-device builds (cached in ``path``)."""
-    if path.exists():
-        return json.loads(path.read_text())
+def timm_params(path: Path, shard: tuple[int, int] = (0, 1)) -> dict:
+    """Parameter counts of every timm model from meta-device builds, cached in ``path``.
+
+    The cache is written every 25 models and resumed from, so an interrupted listing loses
+    little; ``shard=(i, n)`` lists only every n-th model from the i-th (to run n processes,
+    each with its own ``path``; :func:`merge_params` joins them)."""
+    done = json.loads(path.read_text()) if path.exists() else {}
+    if done.get("__complete__"):
+        return {k: v for k, v in done.items() if k != "__complete__"}
     import timm
 
-    out = {}
-    for module in timm.list_modules():
-        for name in timm.list_models(module=module):
-            try:
-                with torch.device("meta"), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    m = timm.create_model(name, pretrained=False)
-                out[name] = {
-                    "module": module,
-                    "params": sum(p.numel() for p in m.parameters()),
-                    "input_size": list(m.pretrained_cfg.get("input_size", (3, 224, 224))),
-                }
-            except Exception as error:  # noqa: BLE001
-                out[name] = {"module": module, "params": None, "error": str(error)[:100]}
+    names = [(m, n) for m in timm.list_modules() for n in timm.list_models(module=m)]
+    out = dict(done)
+    for i, (module, name) in enumerate(names):
+        if i % shard[1] != shard[0] or name in out:
+            continue
+        try:
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                m = timm.create_model(name, pretrained=False)
+            out[name] = {
+                "module": module,
+                "params": sum(p.numel() for p in m.parameters()),
+                "input_size": list(m.pretrained_cfg.get("input_size", (3, 224, 224))),
+            }
+        except Exception as error:  # noqa: BLE001
+            out[name] = {"module": module, "params": None, "error": str(error)[:100]}
+        if len(out) % 25 == 0:
+            path.write_text(json.dumps(out, indent=0))
+    if shard == (0, 1):
+        out["__complete__"] = True
     path.write_text(json.dumps(out, indent=0))
-    return out
+    return {k: v for k, v in out.items() if k != "__complete__"}
+
+
+def merge_params(parts: list[Path], path: Path) -> dict:
+    """Join sharded :func:`timm_params` caches into one complete cache at ``path``."""
+    out: dict = {}
+    for part in parts:
+        out.update(json.loads(part.read_text()))
+    out.pop("__complete__", None)
+    import timm
+
+    missing = set(timm.list_models()) - set(out)
+    if missing:
+        raise RuntimeError(
+            f"{len(missing)} timm models missing from the shards, e.g. {sorted(missing)[:3]}"
+        )
+    out["__complete__"] = True
+    path.write_text(json.dumps(out, indent=0))
+    return {k: v for k, v in out.items() if k != "__complete__"}
 
 
 def timm_cases(out: Path) -> list[Case]:
@@ -550,6 +660,60 @@ HF_CONFIGS: dict[str, dict] = {
 HF_CLASSES = {"deit": "DeiTForImageClassification", "levit": "LevitForImageClassification"}
 
 
+def conv_scale(model: nn.Module) -> nn.Module:
+    """He-normal (fan-in) weights for every convolution of a transformers model.
+
+    transformers initialises convolutions like linear layers, N(0, 0.02^2) whatever the
+    fan-in, so a random CNN's activations shrink ~50x per layer (BatchNorm's eps stops its
+    calibration from undoing it); by the last stage of MobileViT or EfficientNet at 128 px
+    they are ~1e-33 and the layout probe sees no change. He init keeps them O(1), as a
+    trained network's are."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+    return model
+
+
+def levit_locality(model: nn.Module, strength: float = 5.0) -> nn.Module:
+    """Attention biases of -strength * (distance between query and key) for every LeViT
+    attention (HF's ``attention_biases`` table, indexed by offset through
+    ``attention_bias_idxs``), as a trained LeViT learns them.
+
+    The zero-initialised biases make a random LeViT's attention uniform over all tokens, and
+    its subsampling attention has no residual, so after the first stage every token depends
+    on the whole image equally and the layout probe cannot tell cells apart (the patch
+    embeddings localise perfectly, row-major)."""
+    with torch.no_grad():
+        for m in model.modules():
+            idxs = getattr(m, "attention_bias_idxs", None)
+            if idxs is None or not isinstance(getattr(m, "attention_biases", None), nn.Parameter):
+                continue
+            q, k = idxs.shape
+            rq, rk = math.isqrt(q), math.isqrt(k)
+            stride = getattr(m, "stride", rk // rq)
+            qi, ki = torch.arange(q), torch.arange(k)
+            dy = (qi // rq)[:, None] * stride - (ki // rk)[None]
+            dx = (qi % rq)[:, None] * stride - (ki % rk)[None]
+            dist = (dy.float() ** 2 + dx.float() ** 2).sqrt()
+            table = torch.zeros(m.attention_biases.shape[1])
+            table[idxs.flatten()] = -strength * dist.flatten()
+            m.attention_biases.copy_(table.expand_as(m.attention_biases))
+    return model
+
+
+HF_SIDES = {
+    "mobilevitv2": 384,
+    "mobilevit": 256,
+    "efficientnet": 256,
+    "levit": 256,
+    "mobilenet_v2": 256,
+}
+"""Inputs larger than ``HF_SIDE`` where 128 px leaves the chosen layer a 4x4 or 2x2 grid
+behind global mixing (MobileViT attention, squeeze-excitation, LeViT attention): the
+layout probe needs several cells per quadrant to be decisive."""
+
+
 def hf_cases() -> list[Case]:
     cases = []
     for model_type, overrides in HF_CONFIGS.items():
@@ -558,13 +722,19 @@ def hf_cases() -> list[Case]:
             import transformers
             from transformers import AutoConfig, AutoModelForImageClassification
 
+            side = HF_SIDES.get(model_type, HF_SIDE)
+            if isinstance(overrides.get("image_size"), int):
+                overrides = {**overrides, "image_size": side}
             config = AutoConfig.for_model(model_type, num_labels=10, **overrides)
             direct = HF_CLASSES.get(model_type)
             if direct is not None:
-                return getattr(transformers, direct)(config)
-            return AutoModelForImageClassification.from_config(config)
+                model = getattr(transformers, direct)(config)
+            else:
+                model = AutoModelForImageClassification.from_config(config)
+            return levit_locality(conv_scale(model)) if model_type == "levit" else conv_scale(model)
 
-        cases.append(Case("hf", model_type, f"hf-{model_type}", build, (3, HF_SIDE, HF_SIDE)))
+        side = HF_SIDES.get(model_type, HF_SIDE)
+        cases.append(Case("hf", model_type, f"hf-{model_type}", build, (3, side, side)))
 
     def segformer() -> nn.Module:
         from transformers import SegformerConfig, SegformerForSemanticSegmentation
@@ -723,7 +893,7 @@ ZOOS = {
 
 
 # -- reporting -----------------------------------------------------------------------------------
-OUTCOMES = ("ok", "wrong", "no-gradient", "early", "refused", "crash")
+OUTCOMES = ("ok", "wrong", "unverified", "no-gradient", "early", "refused", "crash")
 COLUMNS = [
     "zoo",
     "family",
@@ -844,9 +1014,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--resume", action="store_true", help="keep rows already in zoo.csv")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="*",
+        default=None,
+        help="join the zoo.csv/methods.csv of these result folders into --out (rows of later "
+        "folders replace those of earlier ones for the same zoo and model) and rewrite its "
+        "report; nothing is run",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.merge is not None:
+        merged: dict[tuple[str, str], dict] = {}
+        merged_methods: dict[tuple[str, str], list[dict]] = {}
+        for folder in [args.out, *args.merge]:
+            for r in load_rows(folder / "zoo.csv"):
+                merged[(r["zoo"], r["model"])] = r
+                merged_methods[(r["zoo"], r["model"])] = []
+            for r in load_rows(folder / "methods.csv"):
+                merged_methods.setdefault((r["zoo"], r["model"]), []).append(r)
+        order = {z: i for i, z in enumerate(ZOOS)}
+        keys = sorted(merged, key=lambda k: order.get(k[0], len(order)))
+        write_report(
+            args.out,
+            [merged[k] for k in keys],
+            [r for k in keys for r in merged_methods.get(k, [])],
+        )
+        return 0
     rows = load_rows(args.out / "zoo.csv") if args.resume else []
     method_rows = load_rows(args.out / "methods.csv") if args.resume else []
     done = {(r["zoo"], r["model"]) for r in rows}

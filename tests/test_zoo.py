@@ -59,7 +59,9 @@ def test_timm_test_models(name):
     _check(zoo.Case("timm", "test", name, lambda: timm.create_model(name), (3, 160, 160)))
 
 
-@pytest.mark.parametrize("model_type", ["vit", "swin", "resnet", "segformer"])
+@pytest.mark.parametrize(
+    "model_type", ["vit", "swin", "resnet", "segformer", "efficientnet", "levit", "mobilevit"]
+)
 def test_transformers_small_configs(model_type):
     pytest.importorskip("transformers")
     case = next(c for c in zoo.hf_cases() if c.name == f"hf-{model_type}")
@@ -117,9 +119,9 @@ def test_monai_densenet_equals_monai_gradcam():
             out_channels=3,
             init_features=8,
             growth_rate=8,
-            block_config=(2, 2, 2, 2),
+            block_config=(2, 2, 2),
         ),
-        (1, 32, 32, 32),
+        (1, 64, 64, 64),
     )
     row = zoo.check_model(case, methods="gradcam", timing=False)
     assert row.outcome == "ok", row.reason
@@ -128,3 +130,55 @@ def test_monai_densenet_equals_monai_gradcam():
     monai_reference = next(c for c in zoo.monai_cases() if c.name == "DenseNet121").extra
     monai_reference(model, x, notes)
     assert "wrong" not in notes and "equals monai" in notes["note"], notes
+
+
+class _Flip(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(-1)
+
+
+def _probe_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        _Flip(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 3),
+    ).eval()
+
+
+def test_layout_probe_passes_a_true_layout_and_fails_a_mirrored_one():
+    """The probe can fail: read as NCHW, the mirrored map puts every left-half change on
+    the right, so the mirrored assignment of quadrants wins."""
+    model, x = _probe_net(), torch.randn(1, 3, 32, 32)
+    layout = ("channels_first", 0, ())
+    ref_conv = type("Ref", (), {"module": model[0], "call": 0})()
+    ref_flip = type("Ref", (), {"module": model[1], "call": 0})()
+    ok, note = zoo.layout_probe(model, ref_conv, x, layout)
+    assert ok is True, note
+    ok, note = zoo.layout_probe(model, ref_flip, x, layout)
+    assert ok is False and "(1, 0, 3, 2)" in note, note
+
+
+def test_layout_probe_reports_a_vanished_signal():
+    """A layer whose output does not change (here: all weights 0) is not a pass."""
+    model, x = _probe_net(), torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        model[0].weight.zero_()
+    ref = type("Ref", (), {"module": model[0], "call": 0})()
+    ok, note = zoo.layout_probe(model, ref, x, ("channels_first", 0, ()))
+    assert ok is False and "vanished" in note, note
+
+
+def test_levit_locality_biases_follow_distance():
+    """Every LeViT attention bias is -5 x the query-key distance (row-major points)."""
+    pytest.importorskip("transformers")
+    case = next(c for c in zoo.hf_cases() if c.name == "hf-levit")
+    model = case.build()
+    attn = next(m for m in model.modules() if type(m).__name__ == "LevitAttention")
+    biases = attn.attention_biases[:, attn.attention_bias_idxs]
+    side = int(attn.attention_bias_idxs.shape[0] ** 0.5)
+    # query 0 is point (0, 0); key side + 1 is point (1, 1): distance sqrt(2)
+    assert torch.allclose(biases[:, 0, side + 1], torch.tensor(-5 * 2**0.5))
+    assert torch.allclose(biases[:, 0, 0], torch.tensor(0.0))
