@@ -99,7 +99,7 @@ def test_video_r3d_18_small_input():
             "torchvision.video",
             "r3d_18",
             lambda: torchvision.models.video.r3d_18(weights=None, num_classes=5),
-            (3, 4, 48, 48),
+            (3, 4, 64, 64),
         )
     )
 
