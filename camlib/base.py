@@ -98,6 +98,24 @@ def get_method(name: str) -> type[Explainer]:
         ) from None
 
 
+def not_one_map_per_image(cls: type) -> str | None:
+    """Why ``cls`` does not give each image one map of its own, or ``None`` when it does.
+
+    Read from the class flags: ``returns = "concepts"`` (K concept maps per image, DFF) and
+    ``batch_independent = False`` (an image's map depends on the rest of its batch). Tools
+    that score or write one map per image in batches they choose (``camlib evaluate``,
+    ``camlib explain``) refuse such methods with this reason.
+    """
+    if getattr(cls, "returns", None) == "concepts":
+        return (
+            "returns K concept maps per image (N, K, H, W), not one map, factorised jointly "
+            "over each call's batch"
+        )
+    if not getattr(cls, "batch_independent", True):
+        return "computes each image's map from the whole batch (batch_independent = False)"
+    return None
+
+
 def _load_plugins() -> None:
     try:
         from .plugins import load_plugins

@@ -351,15 +351,11 @@ def check_one_map_per_image(cls: type) -> None:
     depend on the whole batch (``batch_independent = False``). The files are explained in
     batches the pipeline chooses (``batch_size``, torchrun ranks, ``--resume``), so such
     maps would differ between batches with nothing in the outputs to say so."""
-    concepts = getattr(cls, "returns", None) == "concepts"
-    if not concepts and getattr(cls, "batch_independent", True):
+    from .base import not_one_map_per_image
+
+    what = not_one_map_per_image(cls)
+    if what is None:
         return
-    what = (
-        "returns K concept maps per image (N, K, H, W), not one heatmap, factorised jointly "
-        "over each call's batch"
-        if concepts
-        else "computes each image's map from the whole batch (batch_independent = False)"
-    )
     how = (
         f"camlib.{cls.__name__}(model, layer).factorize(images)"
         if hasattr(cls, "factorize")

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .base import METHODS, Explainer, available_methods, get_method
+from .base import METHODS, Explainer, available_methods, get_method, not_one_map_per_image
 from .errors import InputError, MethodError, MetricError, TargetError, warn
 from .inputs import check_inputs
 from .layers import LayerSpec, find_target_layer, layer_name
@@ -302,21 +302,11 @@ def _method_name(cls: type[Explainer]) -> str:
     return cls.name if registered is cls else cls.__name__
 
 
-def _one_map_per_image(cls: type[Explainer]) -> str | None:
-    """Why a method's maps cannot be scored per image (``None`` when they can): the metrics
-    score one map per image, and an image's score must not depend on its batch."""
-    if getattr(cls, "returns", None) == "concepts":
-        return "it returns K concept maps per image (Deep Feature Factorization), not one map"
-    if not getattr(cls, "batch_independent", True):
-        return "its maps depend on the other images of the batch"
-    return None
-
-
 def _resolve_methods(methods: object) -> list[tuple[str, type[Explainer]]]:
     if isinstance(methods, str):
         if methods == "all":  # one map per image, explained alone: what the metrics score
             names: list[object] = [
-                n for n in available_methods() if _one_map_per_image(get_method(n)) is None
+                n for n in available_methods() if not_one_map_per_image(get_method(n)) is None
             ]
         else:
             names = [methods]
@@ -340,9 +330,9 @@ def _resolve_methods(methods: object) -> list[tuple[str, type[Explainer]]]:
                 f"methods lists method names or Explainer classes; got {m!r} ({type(m).__name__})"
             )
         name = _method_name(cls)
-        why = _one_map_per_image(cls)
-        if why is not None:
-            raise MethodError(f"{name} cannot be evaluated: {why}")
+        why = not_one_map_per_image(cls)
+        if why is not None:  # the metrics score one map per image, batch by batch
+            raise MethodError(f"{name} cannot be evaluated: it {why}")
         if _key(name) in {_key(b) for b in BASELINES}:
             raise MethodError(
                 f"{name!r} is the name of a baseline row; register the method under another name"
